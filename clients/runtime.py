@@ -1,0 +1,145 @@
+"""A site's runtime behind the ClientApp: which site this node is, its data and its state.
+
+Thin glue: the round itself is :class:`fedreid.site.FederatedSite`. What the site remembers
+between rounds (mask, CRR backup, head or memory) goes to ``Context.state`` and, when the
+node has a state directory, to ``<state-dir>/<site>.pt`` after every round, so a restarted
+site continues where it stopped. Nothing private is put in a reply.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from fedreid.config import from_flat
+from fedreid.config.schema import FedReIDConfig
+from fedreid.engine import SiteData, load_site
+from fedreid.site import FederatedSite, SiteState
+
+STATE_ARRAYS = "fedreid.site-arrays"
+STATE_SCALARS = "fedreid.site-scalars"
+_DATA_CACHE: dict[tuple[str, str, int, int], SiteData] = {}
+
+
+@dataclass(frozen=True)
+class SiteIdentity:
+    name: str
+    data_dir: Path
+    dataset: str
+    state_file: Path | None
+
+
+def config_for(context: Context, base: FedReIDConfig | None) -> FedReIDConfig:
+    """The run's config (from the simulation harness or Flower's run config) + node overrides."""
+    cfg = base if base is not None else from_flat(dict(context.run_config))
+    node = dict(context.node_config)
+    overrides = {k: node[k] for k in ("method", "device") if k in node}
+    if overrides:
+        from dataclasses import replace
+
+        cfg = replace(cfg, device=str(overrides.get("device", cfg.device)),
+                      method=replace(cfg.method, name=str(overrides.get("method", cfg.method.name))))
+    return cfg
+
+
+def identify(cfg: FedReIDConfig, context: Context, state_dir: Path | None) -> SiteIdentity:
+    """Simulation nodes are numbered (``partition-id``); deployed nodes name their site."""
+    node = dict(context.node_config)
+    if "site" in node:
+        name = str(node["site"])
+        data_dir = Path(str(node.get("data-root", Path(cfg.data.root) / name)))
+        dataset = str(node.get("dataset", cfg.data.dataset))
+    elif "partition-id" in node:
+        pid = int(node["partition-id"])
+        if pid >= len(cfg.data.sites):
+            raise ValueError(
+                f"partition-id {pid} but data.sites lists {len(cfg.data.sites)} sites; run the "
+                "simulation with num-supernodes equal to the number of sites"
+            )
+        name = cfg.data.sites[pid]
+        data_dir = Path(cfg.data.root) / name
+        dataset = cfg.data.dataset
+    else:
+        raise ValueError(
+            "node config has neither 'site' nor 'partition-id'; start the SuperNode with "
+            "--node-config 'site=\"NAME\" data-root=\"/path\"' (see `fedreid site join`)"
+        )
+    folder = state_dir or (Path(str(node["state-dir"])) if "state-dir" in node else None)
+    return SiteIdentity(name, data_dir, dataset, folder / f"{name}.pt" if folder else None)
+
+
+def site_data(cfg: FedReIDConfig, ident: SiteIdentity) -> SiteData:
+    """Decoded images, cached per process (simulation actors serve several sites)."""
+    key = (str(ident.data_dir), ident.dataset, cfg.data.height, cfg.data.width)
+    if key not in _DATA_CACHE:
+        _DATA_CACHE[key] = load_site(ident.data_dir, ident.dataset, (cfg.data.height, cfg.data.width),
+                                     seed=cfg.seed)
+    return _DATA_CACHE[key]
+
+
+def load_state(context: Context, ident: SiteIdentity) -> SiteState:
+    if STATE_ARRAYS in context.state.array_records:
+        arrays = {k: v.numpy() for k, v in context.state[STATE_ARRAYS].items()}
+        scalars = dict(context.state[STATE_SCALARS]) if STATE_SCALARS in context.state.config_records else {}
+        return SiteState.from_flat(arrays, scalars)
+    if ident.state_file and ident.state_file.exists():
+        return SiteState.load(ident.state_file)
+    return SiteState()
+
+
+def save_state(context: Context, ident: SiteIdentity, state: SiteState) -> None:
+    arrays, scalars = state.to_flat()
+    context.state[STATE_ARRAYS] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    context.state[STATE_SCALARS] = ConfigRecord({k: v for k, v in scalars.items() if v is not None})
+    if ident.state_file:
+        state.save(ident.state_file)
+
+
+def _limit_threads(cfg: FedReIDConfig) -> None:
+    threads = max(1, int(cfg.sim.client_cpus)) if cfg.sim.client_cpus else os.cpu_count() or 1
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def _reply(msg: Message, arrays: dict[str, np.ndarray] | None, metrics: dict[str, Any],
+           ident: SiteIdentity, cfg: FedReIDConfig) -> Message:
+    content = RecordDict({
+        "metrics": MetricRecord({k: float(v) for k, v in metrics.items()
+                                 if isinstance(v, (int, float, np.floating)) and np.isfinite(v)}),
+        "meta": ConfigRecord({"site": ident.name, "method": cfg.method.name}),
+    })
+    if arrays is not None:
+        content["arrays"] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    return Message(content=content, reply_to=msg)
+
+
+def handle_train(msg: Message, context: Context, base: FedReIDConfig | None = None,
+                 state_dir: Path | None = None) -> Message:
+    cfg = config_for(context, base)
+    _limit_threads(cfg)
+    ident = identify(cfg, context, state_dir)
+    started = time.perf_counter()
+    site = FederatedSite(cfg, site_data(cfg, ident), load_state(context, ident))
+    arrays = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+    server_round = int(msg.content["config"]["server-round"])
+    reply_arrays, metrics = site.train_round(arrays, server_round)
+    save_state(context, ident, site.state)
+    metrics["round_seconds"] = time.perf_counter() - started
+    return _reply(msg, reply_arrays, metrics, ident, cfg)
+
+
+def handle_evaluate(msg: Message, context: Context, base: FedReIDConfig | None = None,
+                    state_dir: Path | None = None) -> Message:
+    cfg = config_for(context, base)
+    _limit_threads(cfg)
+    ident = identify(cfg, context, state_dir)
+    site = FederatedSite(cfg, site_data(cfg, ident), load_state(context, ident))
+    arrays = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+    return _reply(msg, None, site.evaluate_round(arrays), ident, cfg)

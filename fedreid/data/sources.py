@@ -1,0 +1,36 @@
+"""Where a run's data comes from: a real folder, or synthetic-8 generated on first use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedreid.data.records import DataError
+
+SYNTHETIC_MARKER = "synthetic-8.json"
+
+
+def ensure_data_root(root: str | Path, *, sites: list[str], synth_scale: float, synth_seed: int,
+                     size: tuple[int, int], generate: bool = True) -> Path:
+    """Return ``root``; generate synthetic-8 there if it is absent and ``generate`` allows.
+
+    A folder that exists is used as it is (real data in the FedReID layout, or an earlier
+    generation). Each site must be a sub-folder ``root/<site>``.
+    """
+    path = Path(root).expanduser().resolve()
+    if not path.exists():
+        if not generate:
+            raise DataError(
+                f"data root {path} does not exist; pass --data DIR with one folder per site "
+                "(FedReID layout) or let fedreid generate synthetic-8 there"
+            )
+        from fedreid.data.synth import generate_synthetic8
+
+        generate_synthetic8(path, scale=synth_scale, seed=synth_seed, size=size)
+    missing = [s for s in sites if not (path / s).is_dir()]
+    if missing:
+        have = sorted(p.name for p in path.iterdir() if p.is_dir())
+        raise DataError(
+            f"data root {path} has no folder for site(s) {', '.join(missing)} (found: "
+            f"{', '.join(have) or 'nothing'}); set data.sites to the folders you have"
+        )
+    return path

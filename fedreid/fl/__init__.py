@@ -1,0 +1,8 @@
+"""Flower-free federated maths: arrays in, arrays out (never imports flwr).
+
+- ``weights``: per-site aggregation weights (KLAW, PRAW, KLPWA, sample counts, CDW)
+- ``sas``: mask-aware weighted averaging of pruned site models (SAS)
+- ``crr``: cross-round recovery state machine gating each site's pruning
+- ``codec``: sparse wire encoding of pruned states and validation of replies
+- ``accounting``: serialised byte counts and a per-round/site/direction ledger
+"""

@@ -1,0 +1,183 @@
+"""Federated run results a person can open: metrics.jsonl, summary.md and PNG plots.
+
+The server appends one JSON line per training round and per evaluation; everything else
+(the summary table, the plots, the comparison of strategies) is derived from those lines,
+so a crashed or resumed run still summarises correctly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedreid.runlog import JsonlWriter, markdown_table, read_jsonl
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class RunRecorder:
+    """Appends round records to ``run_dir/metrics.jsonl``."""
+
+    def __init__(self, run_dir: Path, strategy: str):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.strategy = strategy
+        self.writer = JsonlWriter(self.run_dir / METRICS_FILE)
+
+    def log(self, kind: str, server_round: int, **fields: Any) -> None:
+        self.writer.write({"kind": kind, "round": server_round, "strategy": self.strategy, **fields})
+
+
+def load_records(run_dir: Path) -> list[dict[str, Any]]:
+    return read_jsonl(Path(run_dir) / METRICS_FILE)
+
+
+def _last_round_records(records: list[dict], kind: str) -> dict[int, dict]:
+    """Keep the last record of each round (a resumed run may repeat one)."""
+    out: dict[int, dict] = {}
+    for r in records:
+        if r.get("kind") == kind:
+            out[int(r["round"])] = r
+    return dict(sorted(out.items()))
+
+
+def run_curves(run_dir: Path) -> dict[str, Any]:
+    """Per-round mean mAP/Rank-1 and cumulative bytes of one run."""
+    records = load_records(run_dir)
+    evals = _last_round_records(records, "evaluate")
+    trains = _last_round_records(records, "train")
+    cum_up = cum_down = 0
+    cum_by_round = {0: 0}
+    for rnd, r in trains.items():
+        cum_up += int(r.get("bytes_up", 0))
+        cum_down += int(r.get("bytes_down", 0))
+        cum_by_round[rnd] = cum_up + cum_down
+    rounds = list(evals)
+    return {
+        "rounds": rounds,
+        "mAP": [evals[r]["mean_mAP"] for r in rounds],
+        "rank1": [evals[r]["mean_rank1"] for r in rounds],
+        "personal_mAP": [evals[r].get("mean_personal_mAP", float("nan")) for r in rounds],
+        "bytes": [cum_by_round.get(r, cum_by_round[max(k for k in cum_by_round if k <= r)]) for r in rounds],
+        "bytes_up": cum_up,
+        "bytes_down": cum_down,
+        "evals": evals,
+        "trains": trains,
+    }
+
+
+def write_summary(run_dir: Path, title: str) -> str:
+    """summary.md for one run: per-site results of the last evaluation, bytes, sparsity."""
+    curves = run_curves(run_dir)
+    if not curves["rounds"]:
+        text = f"# {title}\n\nNo evaluation recorded yet.\n"
+        (Path(run_dir) / "summary.md").write_text(text)
+        return text
+    first = curves["evals"][curves["rounds"][0]]
+    last = curves["evals"][curves["rounds"][-1]]
+    sites = sorted(last["sites"])
+    rows = []
+    for s in sites:
+        m = last["sites"][s]
+        m0 = first["sites"].get(s, {})
+        rows.append([s, m0.get("global_mAP", float("nan")), m["global_mAP"], m["global_rank1"],
+                     m["personal_mAP"], m["personal_rank1"]])
+    rows.append(["**mean**", first["mean_mAP"], last["mean_mAP"], last["mean_rank1"],
+                 last.get("mean_personal_mAP", float("nan")), last.get("mean_personal_rank1", float("nan"))])
+    headers = ["site", "mAP round 0", f"mAP round {curves['rounds'][-1]}",
+               f"Rank-1 round {curves['rounds'][-1]}", "personal mAP", "personal Rank-1"]
+    trains = curves["trains"]
+    last_train = trains[max(trains)] if trains else {}
+    failures = sum(len(t.get("failures", [])) for t in trains.values())
+    lines = [
+        f"# {title}\n",
+        markdown_table(headers, rows),
+        f"\n- training rounds: {len(trains)}; failed or rejected site replies: {failures}",
+        f"- bytes up: {curves['bytes_up']:,}; bytes down: {curves['bytes_down']:,}; "
+        f"total: {curves['bytes_up'] + curves['bytes_down']:,}",
+        f"- dense-equivalent bytes: {sum(int(t.get('dense_bytes', 0)) for t in trains.values()):,}",
+        f"- mean site sparsity after the last round: {last_train.get('mean_prune_ratio', 0.0):.3f}",
+    ]
+    text = "\n".join(lines) + "\n"
+    (Path(run_dir) / "summary.md").write_text(text)
+    return text
+
+
+def compare_runs(runs: dict[str, Path], out_dir: Path) -> str:
+    """comparison.md and plots for several strategies run with the same seed."""
+    out_dir = Path(out_dir)
+    curves = {name: run_curves(path) for name, path in runs.items()}
+    base_name = next((n for n in curves if n != "fedklpr"), None)
+    base_bytes = (curves[base_name]["bytes_up"] + curves[base_name]["bytes_down"]) if base_name else 0
+    rows = []
+    for name, c in curves.items():
+        if not c["rounds"]:
+            rows.append([name, "—", "—", "—", "—", "—", "—"])
+            continue
+        total = c["bytes_up"] + c["bytes_down"]
+        reduction = (1 - total / base_bytes) if base_bytes else float("nan")
+        rows.append([name, c["mAP"][0], c["mAP"][-1], c["rank1"][-1], c["bytes_up"], c["bytes_down"],
+                     f"{100 * reduction:.1f}%" if name != base_name else "—"])
+    headers = ["strategy", "mean mAP round 0", "mean mAP final", "mean Rank-1 final",
+               "bytes up", "bytes down", f"bytes saved vs {base_name}"]
+    per_site = _per_site_table(curves)
+    text = "# Strategy comparison\n\n" + markdown_table(headers, rows) + "\n## Final mAP per site\n\n" + per_site
+    (out_dir / "comparison.md").write_text(text)
+    plot_curves(curves, out_dir)
+    return text
+
+
+def _per_site_table(curves: dict[str, dict]) -> str:
+    names = [n for n, c in curves.items() if c["rounds"]]
+    if not names:
+        return ""
+    sites = sorted(curves[names[0]]["evals"][curves[names[0]]["rounds"][-1]]["sites"])
+    rows = []
+    for s in sites:
+        row: list[Any] = [s]
+        for n in names:
+            last = curves[n]["evals"][curves[n]["rounds"][-1]]["sites"].get(s, {})
+            row.append(last.get("global_mAP", float("nan")))
+        rows.append(row)
+    return markdown_table(["site", *names], rows)
+
+
+def plot_curves(curves: dict[str, dict], out_dir: Path) -> list[Path]:
+    """mAP per round, cumulative bytes per round, and mAP against communication."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    paths = []
+    specs: Sequence[tuple[str, str, str, str]] = (
+        ("map_per_round.png", "rounds", "mAP", "mean mAP"),
+        ("bytes_per_round.png", "rounds", "bytes", "cumulative bytes (up + down)"),
+        ("map_vs_bytes.png", "bytes", "mAP", "mean mAP"),
+    )
+    for filename, xkey, ykey, ylabel in specs:
+        fig, ax = plt.subplots(figsize=(5, 3.5), dpi=110)
+        for name, c in curves.items():
+            if not c["rounds"]:
+                continue
+            x = np.asarray(c[xkey], dtype=float)
+            y = np.asarray(c[ykey], dtype=float)
+            if xkey == "bytes":
+                x = x / 1e6
+            if ykey == "bytes":
+                y = y / 1e6
+            ax.plot(x, y, marker="o", label=name)
+        ax.set_xlabel("cumulative MB (up + down)" if xkey == "bytes" else "round")
+        ax.set_ylabel(ylabel + (" (MB)" if ykey == "bytes" else ""))
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = out_dir / filename
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    return paths

@@ -1,0 +1,77 @@
+"""The coordinator's Flower ServerApp: builds the initial model and runs the strategy.
+
+``app`` (``flwr run .``, SuperLink deployments) reads the config from Flower's run config;
+the simulation harness builds its own with ``make_server_app``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedreid.config import FedReIDConfig, from_flat, write_run_config
+from fedreid.models import build_model, shared_state_dict
+from fedreid.report import RunRecorder, write_summary
+from server.checkpoint import load_checkpoint, save_checkpoint
+from server.strategy import FedReIDStrategy, ProgressFn
+
+
+def initial_state(cfg: FedReIDConfig) -> dict[str, np.ndarray]:
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model.arch, cfg.model.weights, last_stride=cfg.model.last_stride)
+    return {k: v.cpu().numpy() for k, v in shared_state_dict(model).items()}
+
+
+def run_server(grid: Grid, cfg: FedReIDConfig, run_dir: Path, *, resume: bool = False,
+               progress: ProgressFn | None = None, on_round_end: Callable | None = None,
+               node_wait_s: float = 120.0) -> FedReIDStrategy:
+    """Run (or resume) the federation; results land in ``run_dir``."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    recorder = RunRecorder(run_dir, cfg.fl.strategy)
+    start_round = 1
+    init = initial_state(cfg)
+    rng_state = None
+    if resume:
+        state, rng_state, _ = load_checkpoint(run_dir)
+        init = state.global_state
+        start_round = state.last_round + 1
+    else:
+        write_run_config(run_dir, cfg)
+
+    def after_round(rnd: int, state) -> None:
+        save_checkpoint(run_dir, state, strategy.rng)
+        if on_round_end:
+            on_round_end(rnd, state)
+
+    strategy = FedReIDStrategy(cfg, init, num_sites=len(cfg.data.sites), recorder=recorder,
+                               on_round_end=after_round, progress=progress, node_wait_s=node_wait_s)
+    if resume:
+        strategy.state = state
+        strategy.rng.bit_generator.state = rng_state
+    if start_round <= cfg.fl.rounds:
+        strategy.start(grid, num_rounds=cfg.fl.rounds, timeout=cfg.fl.round_timeout,
+                       start_round=start_round)
+    write_summary(run_dir, f"{cfg.fl.strategy} — {len(cfg.data.sites)} sites, {cfg.fl.rounds} rounds")
+    return strategy
+
+
+def make_server_app(cfg: FedReIDConfig | None = None, run_dir: Path | None = None, *,
+                    resume: bool = False, progress: ProgressFn | None = None) -> ServerApp:
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        conf = cfg if cfg is not None else from_flat(dict(context.run_config))
+        folder = run_dir or Path(conf.run_dir).resolve() / f"flwr-{context.run_id}"
+        run_server(grid, conf, folder, resume=resume, progress=progress)
+
+    return server
+
+
+app = make_server_app()

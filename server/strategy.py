@@ -1,0 +1,368 @@
+"""FedKLPR and its baselines as one Flower strategy (Message API, subclass of ``FedAvg``).
+
+Flower's ``FedAvg`` averages one dense ArrayRecord per reply, waits forever for nodes, and
+has no resume. This strategy keeps Flower's messages and sampling defaults but:
+
+- sends each site its personalised sparse model (global ⊙ that site's last mask);
+- validates every reply (shapes, dtypes, finiteness, bitmap vs values, declared sparsity,
+  update norm) and drops a bad one with the site and the reason logged;
+- weights sites by KLPWA / sample counts / CDW and averages with SAS (``fedreid.fl``);
+- counts the bytes of every serialized array it sends and receives;
+- checkpoints after every round and can start at any round (``start_round``).
+
+The maths lives in :mod:`fedreid.fl`; this module only adapts Flower messages to it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+from typing import Any
+
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Error,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.common.constant import ErrorCode
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, Result
+
+from fedreid.config.schema import FedReIDConfig
+from fedreid.fl.codec import decode_sparse, encode_sparse, validate_encoded
+from fedreid.fl.sas import SasAccumulator
+from fedreid.fl.weights import (
+    cosine_distance_weights,
+    klaw,
+    klpwa,
+    praw,
+    sample_count_weights,
+)
+from fedreid.report import RunRecorder
+
+REQUIRED_TRAIN_METRICS = ("num-examples", "prune_ratio", "klaw", "cdw")
+ProgressFn = Callable[[str, int, int, str], None]  # phase, done, total, last site
+
+
+def arrays_to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def record_nbytes(record: ArrayRecord) -> int:
+    """Bytes of the serialized array payloads exactly as Flower sends them."""
+    return int(sum(len(arr.data) for arr in record.values()))
+
+
+@dataclass
+class SiteReply:
+    node_id: int
+    site: str
+    state: dict[str, np.ndarray]
+    masks: dict[str, np.ndarray]
+    metrics: dict[str, float]
+    nbytes: int
+
+
+@dataclass
+class StrategyState:
+    """Everything the server must remember between rounds (checkpointed)."""
+
+    global_state: dict[str, np.ndarray]
+    site_masks: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    node_site: dict[int, str] = field(default_factory=dict)
+    last_round: int = 0
+
+
+class FedReIDStrategy(FedAvg):
+    """One strategy class; ``cfg.fl.strategy`` presets select FedKLPR or a baseline."""
+
+    def __init__(self, cfg: FedReIDConfig, initial_state: dict[str, np.ndarray], *,
+                 num_sites: int, recorder: RunRecorder | None = None,
+                 on_round_end: Callable[[int, StrategyState], None] | None = None,
+                 progress: ProgressFn | None = None, node_wait_s: float = 120.0):
+        min_sites = cfg.fl.min_sites or num_sites
+        super().__init__(fraction_train=cfg.fl.fraction_train, fraction_evaluate=1.0,
+                         min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=min_sites)
+        self.cfg = cfg
+        self.num_sites = num_sites
+        self.min_sites = min_sites
+        self.state = StrategyState(global_state={k: np.array(v) for k, v in initial_state.items()})
+        self.shapes = {k: tuple(v.shape) for k, v in initial_state.items()}
+        self.dtypes = {k: v.dtype for k, v in initial_state.items()}
+        self.recorder = recorder
+        self.on_round_end = on_round_end
+        self.progress = progress
+        self.node_wait_s = node_wait_s
+        self.rng = np.random.default_rng(cfg.seed)
+        self._round_bytes_down = 0
+        self._round_dense_down = 0
+
+    # ---- sampling with a deadline --------------------------------------------------------
+    def _sample(self, grid: Grid, fraction: float) -> list[int]:
+        """Wait (bounded) for ``min_sites`` nodes, then sample; never hang on a dead node."""
+        deadline = time.monotonic() + self.node_wait_s
+        nodes = sorted(grid.get_node_ids())
+        while len(nodes) < self.min_sites and time.monotonic() < deadline:
+            log(INFO, "waiting for sites: %d connected, %d wanted", len(nodes), self.min_sites)
+            time.sleep(1.0)
+            nodes = sorted(grid.get_node_ids())
+        if not nodes:
+            raise RuntimeError(
+                f"no site connected within {self.node_wait_s:.0f} s; start the sites "
+                "(`fedreid site join`) or raise the wait"
+            )
+        if len(nodes) < self.min_sites:
+            log(WARNING, "proceeding with %d of %d wanted sites after %.0f s",
+                len(nodes), self.min_sites, self.node_wait_s)
+        size = max(1, int(round(len(nodes) * fraction)))
+        return sorted(int(n) for n in self.rng.choice(nodes, size=size, replace=False))
+
+    # ---- train ---------------------------------------------------------------------------
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        config["server-round"] = server_round
+        messages = []
+        self._round_bytes_down = 0
+        self._round_dense_down = 0
+        dense_bytes = record_nbytes(arrays_to_record(self.state.global_state))
+        for node in self._sample(grid, self.cfg.fl.fraction_train):
+            site = self.state.node_site.get(node)
+            masks = self.state.site_masks.get(site, {}) if site else {}
+            record = self._personalised_record(masks)
+            self._round_bytes_down += record_nbytes(record)
+            self._round_dense_down += dense_bytes
+            content = RecordDict({"arrays": record, "config": ConfigRecord(dict(config))})
+            messages.append(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node))
+        return messages
+
+    def _personalised_record(self, masks: dict[str, np.ndarray]) -> ArrayRecord:
+        """global ⊙ mask, sparse-encoded: a pruned site downloads only what it keeps."""
+        encoded = encode_sparse(self.state.global_state, masks, value_dtype=self.cfg.codec.value_dtype)
+        return arrays_to_record(encoded)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        accepted, failures = self._accept_train_replies(replies)
+        round_record: dict[str, Any] = {
+            "failures": failures,
+            "bytes_down": self._round_bytes_down,
+            "bytes_up": sum(r.nbytes for r in accepted),
+        }
+        if not accepted:
+            log(WARNING, "round %d: no acceptable reply; the global model is unchanged", server_round)
+            self._finish_round(server_round, round_record, accepted, np.zeros(0))
+            return None, None
+        weights = self._weights(accepted)
+        acc = SasAccumulator(self.state.global_state, mask_aware=self.cfg.agg.sas)
+        for reply, w in zip(accepted, weights):
+            acc.add(reply.state, reply.masks or None, float(w))
+        self.state.global_state = acc.result()
+        for reply in accepted:
+            if reply.masks:
+                self.state.site_masks[reply.site] = reply.masks
+        self._finish_round(server_round, round_record, accepted, weights)
+        metrics = MetricRecord({
+            "mean_prune_ratio": float(np.mean([r.metrics["prune_ratio"] for r in accepted])),
+            "sites": len(accepted),
+        })
+        return arrays_to_record(self.state.global_state), metrics
+
+    def _accept_train_replies(self, replies: Iterable[Message]) -> tuple[list[SiteReply], list[dict]]:
+        accepted: list[SiteReply] = []
+        failures: list[dict] = []
+        for msg in replies:
+            node = int(msg.metadata.src_node_id)
+            site = self.state.node_site.get(node, f"node-{node}")
+            if msg.has_error():
+                failures.append({"site": site, "node": node, "reason": f"error {msg.error.code}: {msg.error.reason}"[:500]})
+                continue
+            try:
+                reply = self._decode_reply(msg)
+            except ValueError as exc:
+                failures.append({"site": site, "node": node, "reason": str(exc)[:500]})
+                continue
+            self.state.node_site[node] = reply.site
+            accepted.append(reply)
+        for f in failures:
+            log(WARNING, "rejected reply from site %s (node %s): %s", f["site"], f["node"], f["reason"])
+        return accepted, failures
+
+    def _decode_reply(self, msg: Message) -> SiteReply:
+        content = msg.content
+        if "arrays" not in content.array_records or "metrics" not in content.metric_records:
+            raise ValueError("reply lacks the 'arrays' ArrayRecord or the 'metrics' MetricRecord")
+        meta = content.config_records.get("meta")
+        site = str(meta["site"]) if meta and "site" in meta else f"node-{msg.metadata.src_node_id}"
+        metrics = dict(content["metrics"])
+        for key in REQUIRED_TRAIN_METRICS:
+            value = metrics.get(key)
+            if not isinstance(value, (int, float)) or not np.isfinite(value):
+                raise ValueError(f"metric {key!r} is missing or not finite: {value!r}")
+        if metrics["num-examples"] <= 0:
+            raise ValueError(f"num-examples must be positive, got {metrics['num-examples']}")
+        record = content["arrays"]
+        arrays = record_to_arrays(record)
+        declared = float(metrics["prune_ratio"]) if any(k.endswith("::bits") for k in arrays) else None
+        problems = validate_encoded(arrays, self.shapes, declared_sparsity=declared, tol=1e-4,
+                                    expected_dtypes=self.dtypes)
+        if not problems and self.cfg.agg.max_update_norm > 0:
+            problems = self._norm_problems(arrays)
+        if problems:
+            raise ValueError("; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""))
+        state, masks = decode_sparse(arrays)
+        return SiteReply(node_id=int(msg.metadata.src_node_id), site=site, state=state, masks=masks,
+                         metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
+                         nbytes=record_nbytes(record))
+
+    def _norm_problems(self, arrays: dict[str, np.ndarray]) -> list[str]:
+        state, _ = decode_sparse(arrays)
+        sq = 0.0
+        for k, v in state.items():
+            if v.dtype.kind == "f" and not k.endswith(("running_mean", "running_var")):
+                sq += float(np.sum((v.astype(np.float32) - self.state.global_state[k]) ** 2))
+        norm = float(np.sqrt(sq))
+        limit = self.cfg.agg.max_update_norm
+        return [f"update norm {norm:.4g} exceeds agg.max_update_norm={limit:.4g}"] if norm > limit else []
+
+    def _weights(self, accepted: list[SiteReply]) -> np.ndarray:
+        a = self.cfg.agg
+        if a.weighting == "samples":
+            return sample_count_weights([r.metrics["num-examples"] for r in accepted])
+        if a.weighting == "uniform":
+            return np.full(len(accepted), 1.0 / len(accepted))
+        if a.weighting == "cdw":
+            return cosine_distance_weights([r.metrics["cdw"] for r in accepted])
+        kl = klaw([r.metrics["klaw"] for r in accepted], sign=a.klaw_sign)
+        pr = praw([r.metrics["prune_ratio"] for r in accepted], form=a.praw_form)
+        return klpwa(kl, pr, combine=a.combine, beta=a.beta)
+
+    def _finish_round(self, server_round: int, record: dict, accepted: list[SiteReply],
+                      weights: np.ndarray) -> None:
+        self.state.last_round = server_round
+        sites = {r.site: {**{k: v for k, v in r.metrics.items()}, "weight": float(w), "bytes_up": r.nbytes}
+                 for r, w in zip(accepted, weights)}
+        record.update({
+            "sites": sites,
+            "dense_bytes": self._round_dense_down + len(accepted) * record_nbytes(
+                arrays_to_record(self.state.global_state)),
+            "mean_prune_ratio": float(np.mean([r.metrics["prune_ratio"] for r in accepted])) if accepted else 0.0,
+            "mean_loss": float(np.mean([r.metrics.get("loss", np.nan) for r in accepted])) if accepted else float("nan"),
+        })
+        if self.recorder:
+            self.recorder.log("train", server_round, **record)
+        if self.on_round_end:
+            self.on_round_end(server_round, self.state)
+
+    # ---- evaluate ------------------------------------------------------------------------
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        config["server-round"] = server_round
+        record = arrays_to_record(encode_sparse(self.state.global_state, {}))
+        content = RecordDict({"arrays": record, "config": ConfigRecord(dict(config))})
+        return [Message(content=content, message_type=MessageType.EVALUATE, dst_node_id=n)
+                for n in self._sample(grid, 1.0)]
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        sites: dict[str, dict[str, float]] = {}
+        failures = []
+        for msg in replies:
+            node = int(msg.metadata.src_node_id)
+            if msg.has_error():
+                failures.append({"node": node, "reason": f"error {msg.error.code}: {msg.error.reason}"[:500]})
+                continue
+            meta = msg.content.config_records.get("meta")
+            site = str(meta["site"]) if meta and "site" in meta else f"node-{node}"
+            self.state.node_site.setdefault(node, site)
+            sites[site] = {k: float(v) for k, v in msg.content["metrics"].items()
+                           if isinstance(v, (int, float))}
+        if not sites:
+            return None
+        means = {f"mean_{k}": float(np.mean([m[f"global_{k}"] for m in sites.values()]))
+                 for k in ("mAP", "rank1", "mINP")}
+        means.update({f"mean_personal_{k}": float(np.mean([m[f"personal_{k}"] for m in sites.values()]))
+                      for k in ("mAP", "rank1")})
+        if self.recorder:
+            self.recorder.log("evaluate", server_round, sites=sites, failures=failures, **means)
+        return MetricRecord(means)
+
+    # ---- the round loop ------------------------------------------------------------------
+    def start(self, grid: Grid, initial_arrays: ArrayRecord | None = None, num_rounds: int = 3,
+              timeout: float = 3600, train_config: ConfigRecord | None = None,
+              evaluate_config: ConfigRecord | None = None, evaluate_fn=None,
+              start_round: int = 1) -> Result:
+        """Flower's round loop with a start round (resume), per-site progress and deadlines."""
+        result = Result()
+        every = max(1, self.cfg.eval.every)
+        if start_round == 1:
+            self._evaluate(grid, 0, timeout, result)
+        for rnd in range(start_round, num_rounds + 1):
+            arrays = arrays_to_record(self.state.global_state)
+            msgs = list(self.configure_train(rnd, arrays, ConfigRecord(dict(train_config or {})), grid))
+            replies = self.exchange(grid, msgs, timeout, f"round {rnd} train")
+            _, metrics = self.aggregate_train(rnd, replies)
+            if metrics is not None:
+                result.train_metrics_clientapp[rnd] = metrics
+            if rnd % every == 0 or rnd == num_rounds:
+                self._evaluate(grid, rnd, timeout, result)
+        result.arrays = arrays_to_record(self.state.global_state)
+        return result
+
+    def _evaluate(self, grid: Grid, rnd: int, timeout: float, result: Result) -> None:
+        msgs = list(self.configure_evaluate(rnd, ArrayRecord(), ConfigRecord(), grid))
+        replies = self.exchange(grid, msgs, timeout, f"round {rnd} evaluate")
+        metrics = self.aggregate_evaluate(rnd, replies)
+        if metrics is not None:
+            result.evaluate_metrics_clientapp[rnd] = metrics
+
+    def exchange(self, grid: Grid, messages: list[Message], timeout: float, phase: str) -> list[Message]:
+        """Push, then pull replies as they arrive until all are in or ``timeout`` passes.
+
+        Replies generated by the SuperLink for a dead node carry the SuperLink as sender, so
+        each reply is attributed through the id of the instruction it answers.
+        """
+        if not messages:
+            return []
+        ids = list(grid.push_messages(messages))
+        sent = {mid: m for mid, m in zip(ids, messages) if mid}
+        pending = set(sent)
+        replies: list[Message] = []
+        deadline = time.monotonic() + timeout
+        total = len(pending)
+        if self.progress:
+            self.progress(phase, 0, total, "")
+        while pending and time.monotonic() < deadline:
+            for reply in grid.pull_messages(list(pending)):
+                mid = reply.metadata.reply_to_message_id
+                if mid not in pending:
+                    continue
+                pending.discard(mid)
+                node = int(sent[mid].metadata.dst_node_id)
+                if reply.has_error() and int(reply.metadata.src_node_id) != node:
+                    reply = Message(reply.error, reply_to=sent[mid])  # attribute to the site
+                replies.append(reply)
+                if self.progress:
+                    site = self.state.node_site.get(node, str(node))
+                    self.progress(phase, total - len(pending), total, site)
+            if pending:
+                time.sleep(0.2)
+        if pending:
+            log(WARNING, "%s: %d site(s) did not reply within %.0f s", phase, len(pending), timeout)
+        for mid in pending:
+            site = self.state.node_site.get(int(sent[mid].metadata.dst_node_id), "?")
+            reason = f"site {site} did not reply within the round deadline ({timeout:.0f} s)"
+            replies.append(Message(Error(code=ErrorCode.REPLY_MESSAGE_UNAVAILABLE, reason=reason),
+                                   reply_to=sent[mid]))
+        return replies

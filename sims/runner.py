@@ -1,0 +1,116 @@
+"""`fedreid sim`: the federation on one machine with Flower's simulation engine (Ray).
+
+One run = one strategy into ``<run>/<strategy>/``; ``--compare`` runs several with the same
+seed and writes ``comparison.md`` and plots beside them. Sites' private state is kept in
+``<run>/<strategy>/site-state/`` so ``--resume`` continues a crashed run at its next round.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fedreid.config import FedReIDConfig, load_config
+from fedreid.config.presets import strategy_overrides
+from fedreid.data.sources import ensure_data_root
+from fedreid.report import compare_runs, run_curves, write_summary
+from fedreid.runlog import make_run_dir
+
+
+def backend_config(cfg: FedReIDConfig, num_sites: int) -> dict[str, Any]:
+    """Ray settings: CPU/GPU share per simulated site, or attach to an existing cluster.
+
+    With ``sim.ray_address`` set ("auto" or "host:port") Ray joins that cluster instead of
+    starting a local one, so a federation larger than one machine spreads over its nodes.
+    """
+    import torch
+
+    client_gpus = cfg.sim.client_gpus
+    if client_gpus == 0 and torch.cuda.is_available() and cfg.device != "cpu":
+        client_gpus = min(1.0, torch.cuda.device_count() / num_sites)  # a share of the GPUs each
+    resources = {"num_cpus": cfg.sim.client_cpus, "num_gpus": client_gpus}
+    if cfg.sim.ray_address:
+        init_args: dict[str, Any] = {"address": cfg.sim.ray_address}
+    else:
+        init_args = {"num_cpus": cfg.sim.num_cpus or os.cpu_count() or 1,
+                     "num_gpus": cfg.sim.num_gpus or (torch.cuda.device_count() if client_gpus else 0)}
+    return {"client_resources": resources, "init_args": init_args}
+
+
+def simulate(cfg: FedReIDConfig, run_dir: Path, *, resume: bool = False,
+             console: Console | None = None) -> Path:
+    """Run one strategy's federation into ``run_dir``; returns the folder."""
+    from flwr.simulation import run_simulation
+
+    from clients.app import make_client_app
+    from server.app import make_server_app
+
+    console = console or Console()
+    sites = cfg.data.sites
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[site]}"), TimeElapsedColumn(), console=console,
+                  transient=False) as progress:
+        task = progress.add_task(cfg.fl.strategy, total=None, site="")
+
+        def on_progress(phase: str, done: int, total: int, site: str) -> None:
+            progress.update(task, description=f"{cfg.fl.strategy} {phase}", completed=done,
+                            total=total, site=f"last: {site}" if site else "")
+
+        server_app = make_server_app(cfg, run_dir, resume=resume, progress=on_progress)
+        client_app = make_client_app(cfg, state_dir=run_dir / "site-state")
+        flwr_logger = logging.getLogger("flwr")
+        level = flwr_logger.level
+        flwr_logger.setLevel(logging.WARNING)
+        try:
+            run_simulation(server_app=server_app, client_app=client_app,
+                           num_supernodes=len(sites), backend_name="ray",
+                           backend_config=backend_config(cfg, len(sites)), verbose_logging=False)
+        finally:
+            flwr_logger.setLevel(level)
+    return run_dir
+
+
+def run_sim_command(overrides: list[str], *, strategies: list[str], data: Path | None,
+                    resume: Path | None, config_file: Path | None, console: Console) -> Path:
+    """What `fedreid sim` does: resolve configs, generate data if needed, run, summarise."""
+    extra = [f"data.root={data}"] if data else []
+    if resume is not None:
+        base = Path(resume)
+        if not base.is_dir():
+            raise FileNotFoundError(f"--resume {base}: no such run folder")
+    else:
+        base = None
+    runs: dict[str, Path] = {}
+    started = time.perf_counter()
+    for strategy in strategies:
+        cfg = load_config([*strategy_overrides(strategy), *overrides, *extra], config_file)
+        root = ensure_data_root(cfg.data.root, sites=cfg.data.sites, synth_scale=cfg.data.synth_scale,
+                                synth_seed=cfg.data.synth_seed, size=(cfg.data.height, cfg.data.width))
+        cfg = replace(cfg, data=replace(cfg.data, root=str(root)))
+        if base is None:
+            base = make_run_dir(cfg.run_dir, "sim-" + "-vs-".join(strategies))
+        run_dir = base / strategy
+        is_resume = resume is not None and (run_dir / "checkpoints" / "latest.pt").exists()
+        console.rule(f"{strategy}: {len(cfg.data.sites)} sites × {cfg.fl.rounds} rounds "
+                     f"({cfg.model.arch}, {cfg.method.name})" + (" — resuming" if is_resume else ""))
+        simulate(cfg, run_dir, resume=is_resume, console=console)
+        console.print(write_summary(run_dir, f"{strategy} — {len(cfg.data.sites)} sites, {cfg.fl.rounds} rounds"))
+        runs[strategy] = run_dir
+    assert base is not None
+    if len(runs) > 1:
+        console.print(compare_runs(runs, base))
+    else:
+        c = run_curves(next(iter(runs.values())))
+        if c["rounds"]:
+            from fedreid.report import plot_curves
+
+            plot_curves({strategies[0]: c}, base)
+    console.print(f"[bold]done in {time.perf_counter() - started:.0f} s[/] → {base}")
+    return base

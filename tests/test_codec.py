@@ -1,0 +1,225 @@
+"""Sparse wire codec: round trips (property tests), validator, byte accounting."""
+
+import io
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import array_shapes
+
+from fedreid.fl.accounting import ByteLedger, serialized_nbytes
+from fedreid.fl.codec import decode_sparse, encode_sparse, validate_encoded
+
+F32 = np.float32
+shapes = array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=6)
+mask_kinds = st.sampled_from(["all_false", "all_true", "random"])
+seeds = st.integers(0, 2**32 - 1)
+FAST = settings(max_examples=60, deadline=None)
+
+
+def make(shape, kind, seed):
+    rng = np.random.default_rng(seed)
+    mask = {
+        "all_false": np.zeros(shape, bool),
+        "all_true": np.ones(shape, bool),
+        "random": rng.random(shape) < 0.4,
+    }[kind]
+    values = (rng.standard_normal(shape) * 3).astype(F32)
+    return values * mask, mask
+
+
+def state_and_masks(shape, kind, seed):
+    w, m = make(shape, kind, seed)
+    state = {
+        "conv.weight": w,
+        "bn.weight": np.arange(3, dtype=F32),
+        "bn.num_batches_tracked": np.array(5, np.int64),
+    }
+    return state, {"conv.weight": m}
+
+
+def expected(state):
+    return {k: v.shape for k, v in state.items()}
+
+
+@FAST
+@given(shape=shapes, kind=mask_kinds, seed=seeds)
+def test_round_trip_fp32_exact(shape, kind, seed):
+    state, masks = state_and_masks(shape, kind, seed)
+    arrays = encode_sparse(state, masks)
+    assert validate_encoded(arrays, expected(state)) == []
+    out, out_masks = decode_sparse(arrays)
+    assert set(out) == set(state) and set(out_masks) == {"conv.weight"}
+    for k, v in state.items():
+        assert out[k].dtype == v.dtype and out[k].shape == v.shape
+        np.testing.assert_array_equal(out[k], v)
+    np.testing.assert_array_equal(out_masks["conv.weight"], masks["conv.weight"])
+    assert not np.signbit(out["conv.weight"][~masks["conv.weight"]]).any()
+
+
+@FAST
+@given(shape=shapes, kind=mask_kinds, seed=seeds)
+def test_round_trip_fp16_within_rounding(shape, kind, seed):
+    state, masks = state_and_masks(shape, kind, seed)
+    arrays = encode_sparse(state, masks, value_dtype="float16")
+    assert arrays["conv.weight::values"].dtype == np.float16
+    assert validate_encoded(arrays, expected(state)) == []
+    out, out_masks = decode_sparse(arrays)
+    w = state["conv.weight"]
+    assert out["conv.weight"].dtype == F32
+    np.testing.assert_array_equal(out["conv.weight"], w.astype(np.float16).astype(F32))
+    np.testing.assert_allclose(out["conv.weight"], w, rtol=2**-10, atol=1e-7)
+    np.testing.assert_array_equal(out["bn.weight"], state["bn.weight"])  # dense stays fp32
+    np.testing.assert_array_equal(out_masks["conv.weight"], masks["conv.weight"])
+
+
+@FAST
+@given(shape=shapes, kind=mask_kinds, seed=seeds)
+def test_serialized_nbytes_is_np_save_length(shape, kind, seed):
+    state, masks = state_and_masks(shape, kind, seed)
+    arrays = encode_sparse(state, masks)
+    total = 0
+    for arr in arrays.values():
+        buf = io.BytesIO()
+        np.save(buf, arr, allow_pickle=False)
+        total += len(buf.getvalue())
+    assert serialized_nbytes(arrays) == total
+
+
+def test_serialized_nbytes_equals_flower_array_payload():
+    flwr_app = pytest.importorskip("flwr.app")
+    state, masks = state_and_masks((4, 3, 3), "random", 0)
+    arrays = encode_sparse(state, masks, value_dtype="float16")
+    flower = sum(len(flwr_app.Array(a).data) for a in arrays.values())
+    assert serialized_nbytes(arrays) == flower
+
+
+def test_sparse_layout_and_size():
+    w, m = make((64, 32, 3, 3), "random", 1)
+    arrays = encode_sparse({"w": w}, {"w": m})
+    assert set(arrays) == {"w::bits", "w::values", "w::shape"}
+    assert arrays["w::bits"].dtype == np.uint8 and arrays["w::bits"].size == w.size // 8
+    assert arrays["w::values"].size == m.sum()
+    assert arrays["w::shape"].dtype == np.int64 and arrays["w::shape"].tolist() == [64, 32, 3, 3]
+    assert serialized_nbytes(arrays) < 0.6 * serialized_nbytes({"w": w})
+
+
+def test_encode_errors():
+    w = np.ones((2, 2), F32)
+    with pytest.raises(ValueError, match="value_dtype"):
+        encode_sparse({"w": w}, {}, value_dtype="int8")
+    with pytest.raises(ValueError, match="'x' is not in the state"):
+        encode_sparse({"w": w}, {"x": np.ones((2, 2), bool)})
+    with pytest.raises(ValueError, match="bool of shape"):
+        encode_sparse({"w": w}, {"w": np.ones(4, bool)})
+    with pytest.raises(ValueError, match="reserves"):
+        encode_sparse({"a::b": w}, {})
+    with pytest.raises(ValueError, match="float16 range"):
+        encode_sparse({"w": w * 1e6}, {"w": np.ones((2, 2), bool)}, value_dtype="float16")
+    with pytest.raises(ValueError, match="only float"):
+        encode_sparse({"n": np.ones(2, np.int64)}, {"n": np.ones(2, bool)})
+
+
+def test_decode_errors():
+    state, masks = state_and_masks((3, 5), "random", 3)
+    arrays = encode_sparse(state, masks)
+    with pytest.raises(ValueError, match="unrecognised"):
+        decode_sparse({**arrays, "junk": np.zeros(1)})
+    partial = dict(arrays)
+    del partial["conv.weight::shape"]
+    with pytest.raises(ValueError, match="expected 'dense' alone"):
+        decode_sparse(partial)
+    short = dict(arrays)
+    short["conv.weight::values"] = np.append(arrays["conv.weight::values"], F32(1))
+    with pytest.raises(ValueError, match="bitmap keeps"):
+        decode_sparse(short)
+
+
+# ----- validator: one corruption at a time on a valid reply (15 elements -> 1 padding bit) ---
+
+
+def valid_reply():
+    state, masks = state_and_masks((3, 5), "random", 7)
+    arrays = encode_sparse(state, masks)
+    declared = 1 - masks["conv.weight"].mean()
+    return arrays, expected(state), declared
+
+
+def corrupt(arrays, key, value):
+    out = dict(arrays)
+    if value is None:
+        del out[key]
+    else:
+        out[key] = value
+    return out
+
+
+def test_validator_accepts_valid_reply():
+    arrays, shapes_, declared = valid_reply()
+    dtypes = {"conv.weight": F32, "bn.weight": F32, "bn.num_batches_tracked": np.int64}
+    assert validate_encoded(arrays, shapes_, declared, max_norm=1e3, expected_dtypes=dtypes) == []
+
+
+def _values(arrays, fn):
+    v = arrays["conv.weight::values"].copy()
+    fn(v)
+    return v
+
+
+CORRUPTIONS = {
+    "NaN": lambda a: corrupt(a, "conv.weight::values", _values(a, lambda v: v.__setitem__(0, np.nan))),
+    "infinity": lambda a: corrupt(a, "bn.weight::dense", np.array([0, np.inf, 1], F32)),
+    "keeps": lambda a: corrupt(a, "conv.weight::values", a["conv.weight::values"][:-1]),
+    "padding bits": lambda a: corrupt(
+        a, "conv.weight::bits", a["conv.weight::bits"] | np.array([0, 1], np.uint8)
+    ),
+    "shape array": lambda a: corrupt(a, "conv.weight::shape", np.array([5, 3], np.int64)),
+    "bitmap": lambda a: corrupt(a, "conv.weight::bits", a["conv.weight::bits"].astype(np.int16)),
+    "values must be": lambda a: corrupt(
+        a, "conv.weight::values", a["conv.weight::values"].astype(np.float64)
+    ),
+    "dense shape": lambda a: corrupt(a, "bn.weight::dense", np.zeros(4, F32)),
+    "missing": lambda a: corrupt(a, "bn.num_batches_tracked::dense", None),
+    "expected 'dense' alone": lambda a: corrupt(a, "conv.weight::shape", None),
+    "unexpected tensor": lambda a: corrupt(a, "fc.weight::dense", np.zeros(2, F32)),
+    "unexpected key": lambda a: corrupt(a, "garbage", np.zeros(2, F32)),
+}
+
+
+@pytest.mark.parametrize("needle", sorted(CORRUPTIONS))
+def test_validator_catches_corruption(needle):
+    arrays, shapes_, declared = valid_reply()
+    problems = validate_encoded(CORRUPTIONS[needle](arrays), shapes_, declared)
+    assert problems and any(needle in p for p in problems), problems
+
+
+def test_validator_declared_sparsity_norm_and_dtypes():
+    arrays, shapes_, declared = valid_reply()
+    assert validate_encoded(arrays, shapes_, declared + 0.1)[0].startswith("declared sparsity")
+    assert validate_encoded(arrays, shapes_, declared + 1e-9) == []
+    assert "exceeds max_norm" in validate_encoded(arrays, shapes_, max_norm=1e-3)[0]
+    as_float = corrupt(arrays, "bn.num_batches_tracked::dense", np.array(5.0))
+    problems = validate_encoded(as_float, shapes_, expected_dtypes={"bn.num_batches_tracked": "int64"})
+    assert problems == ["bn.num_batches_tracked: dense dtype float64 != expected int64"]
+    sparse_int = validate_encoded(arrays, shapes_, expected_dtypes={"conv.weight": np.int64})
+    assert sparse_int and "not float" in sparse_int[0]
+
+
+def test_byte_ledger():
+    ledger = ByteLedger()
+    ledger.record(1, "site-a", "up", 100, dense_nbytes=250)
+    ledger.record(1, "site-a", "down", 300)
+    ledger.record(1, 7, "up", 50, dense_nbytes=250)
+    ledger.record(2, "site-a", "up", 10)
+    ledger.record(2, "site-a", "up", 5)  # resent: adds up
+    assert ledger.round_totals(1) == {"up": 150, "dense_up": 500, "down": 300}
+    assert ledger.totals() == {"up": 165, "dense_up": 500, "down": 300}
+    d = ledger.to_dict()
+    assert d["rounds"]["1"]["7"] == {"up": 50, "dense_up": 250}
+    assert d["rounds"]["2"]["site-a"] == {"up": 15}
+    assert ByteLedger.from_dict(d).to_dict() == d
+    with pytest.raises(ValueError, match="direction"):
+        ledger.record(1, "x", "sideways", 1)
+    with pytest.raises(ValueError, match=">= 0"):
+        ledger.record(1, "x", "up", -1)

@@ -1,0 +1,74 @@
+"""The typed config: defaults, overrides, errors, and Flower's flat run config."""
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fedreid.config import ConfigError, flat_items, from_flat, load_config
+from fedreid.config.loader import flower_run_config_toml
+from fedreid.config.presets import STRATEGY_PRESETS, strategy_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_overrides_are_typed():
+    cfg = load_config(["prune.target=0.7", "data.sites=[duke,market]", "fl.rounds=4"])
+    assert cfg.prune.target == pytest.approx(0.7)
+    assert cfg.data.sites == ["duke", "market"]
+    assert cfg.fl.rounds == 4
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("prune.targt=0.5", ["prune.targt", "target"]),
+        ("prune.target=abc", ["prune.target"]),
+        ("agg.combine=sum", ["agg.combine", "product"]),
+        ("prune.target=1.5", ["prune.target", "[0, 1]"]),
+        ("train.batch_size=30", ["train.batch_size", "num_instances"]),
+        ("rounds", ["key=value"]),
+    ],
+)
+def test_bad_overrides_name_the_key(override, words):
+    with pytest.raises(ConfigError) as err:
+        load_config([override])
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_yaml_file_is_merged(tmp_path):
+    f = tmp_path / "exp.yaml"
+    f.write_text("fl:\n  rounds: 7\nkl:\n  tau: 0.5\n")
+    cfg = load_config(["kl.tau=0.2"], f)
+    assert cfg.fl.rounds == 7 and cfg.kl.tau == pytest.approx(0.2)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config([], tmp_path / "missing.yaml")
+
+
+def test_flower_flat_config_round_trips():
+    cfg = load_config(["data.sites=[a,b,c]", "prune.step=0.3"])
+    flat = {k: (",".join(v) if isinstance(v, list) else v) for k, v in flat_items(cfg)}
+    flat["partition-id"] = 3  # Flower's own keys are ignored
+    back = from_flat(flat)
+    assert back == cfg
+
+
+def test_pyproject_run_config_matches_schema():
+    """pyproject's [tool.flwr.app.config] is generated from the schema; keep them equal."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    table = pyproject["tool"]["flwr"]["app"]["config"]
+    expected = tomllib.loads(flower_run_config_toml())["tool"]["flwr"]["app"]["config"]
+    assert table == expected, "regenerate with fedreid.config.loader.flower_run_config_toml()"
+    assert from_flat(table) == load_config([])
+
+
+@pytest.mark.parametrize("name", list(STRATEGY_PRESETS))
+def test_every_preset_loads(name):
+    cfg = load_config(strategy_overrides(name))
+    assert cfg.fl.strategy == name
+
+
+def test_unknown_strategy():
+    with pytest.raises(ValueError, match="fedklpr"):
+        strategy_overrides("fedfoo")
