@@ -16,12 +16,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedreid.config import from_flat
 from fedreid.config.schema import FedReIDConfig
 from fedreid.engine import SiteData, load_site
 from fedreid.site import FederatedSite, SiteState
+from server.records import arrays_to_record, record_to_arrays
 
 STATE_ARRAYS = "fedreid.site-arrays"
 STATE_SCALARS = "fedreid.site-scalars"
@@ -86,7 +87,7 @@ def site_data(cfg: FedReIDConfig, ident: SiteIdentity) -> SiteData:
 
 def load_state(context: Context, ident: SiteIdentity) -> SiteState:
     if STATE_ARRAYS in context.state.array_records:
-        arrays = {k: v.numpy() for k, v in context.state[STATE_ARRAYS].items()}
+        arrays = record_to_arrays(context.state[STATE_ARRAYS])
         scalars = dict(context.state[STATE_SCALARS]) if STATE_SCALARS in context.state.config_records else {}
         return SiteState.from_flat(arrays, scalars)
     if ident.state_file and ident.state_file.exists():
@@ -96,7 +97,7 @@ def load_state(context: Context, ident: SiteIdentity) -> SiteState:
 
 def save_state(context: Context, ident: SiteIdentity, state: SiteState) -> None:
     arrays, scalars = state.to_flat()
-    context.state[STATE_ARRAYS] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    context.state[STATE_ARRAYS] = arrays_to_record(arrays)
     context.state[STATE_SCALARS] = ConfigRecord({k: v for k, v in scalars.items() if v is not None})
     if ident.state_file:
         state.save(ident.state_file)
@@ -116,7 +117,7 @@ def _reply(msg: Message, arrays: dict[str, np.ndarray] | None, metrics: dict[str
         "meta": ConfigRecord({"site": ident.name, "method": cfg.method.name}),
     })
     if arrays is not None:
-        content["arrays"] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+        content["arrays"] = arrays_to_record(arrays)
     return Message(content=content, reply_to=msg)
 
 
@@ -127,7 +128,7 @@ def handle_train(msg: Message, context: Context, base: FedReIDConfig | None = No
     ident = identify(cfg, context, state_dir)
     started = time.perf_counter()
     site = FederatedSite(cfg, site_data(cfg, ident), load_state(context, ident))
-    arrays = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+    arrays = record_to_arrays(msg.content["arrays"])
     server_round = int(msg.content["config"]["server-round"])
     reply_arrays, metrics = site.train_round(arrays, server_round)
     save_state(context, ident, site.state)
@@ -141,5 +142,5 @@ def handle_evaluate(msg: Message, context: Context, base: FedReIDConfig | None =
     _limit_threads(cfg)
     ident = identify(cfg, context, state_dir)
     site = FederatedSite(cfg, site_data(cfg, ident), load_state(context, ident))
-    arrays = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+    arrays = record_to_arrays(msg.content["arrays"])
     return _reply(msg, None, site.evaluate_round(arrays), ident, cfg)

@@ -30,7 +30,13 @@ from fedreid.eval.rerank import k_reciprocal
 from fedreid.losses import kl_feature_loss
 from fedreid.methods import BatchOutput, ReidMethod, get_method
 from fedreid.methods.batches import eval_batches
-from fedreid.models import autocast_context, build_model, resolve_device
+from fedreid.models import (
+    autocast_context,
+    build_model,
+    make_grad_scaler,
+    resolve_device,
+    to_channels_last,
+)
 from fedreid.prune import mask_gradients, reapply_masks
 
 ProgressFn = Callable[[int, int], None]
@@ -86,11 +92,14 @@ class SiteTrainer:
         self.cfg = cfg
         self.site = site
         self.device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)  # heads and initial weights are reproducible per run
         self.model = build_model(cfg.model.arch, cfg.model.weights, last_stride=cfg.model.last_stride)
-        self.model.to(self.device)
+        self.model = to_channels_last(self.model.to(self.device), self.device)
         method_cls = get_method(method_name or cfg.method.name)
         self.method = method_cls(cfg, self.model, site.train, self.device)
         self.use_amp = cfg.train.amp and self.device.type == "cuda"
+        # fp16 autocast needs loss scaling; bf16 and CPU get a disabled (pass-through) scaler.
+        self.scaler = make_grad_scaler(self.device, self.use_amp)
 
     # ---- training -------------------------------------------------------------------
     def train_epochs(
@@ -166,16 +175,18 @@ class SiteTrainer:
                     reg = kl_feature_loss(local, ref_feat, tau=self.cfg.kl.tau,
                                           direction=self.cfg.kl.direction)
                 loss = loss + kl_weight * reg
-                parts["loss_reg"] = float(reg)
+                parts["loss_reg"] = float(reg.detach())
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(opt)
         if masks:
             mask_gradients(self.model, masks)
-        opt.step()
+        self.scaler.step(opt)
+        self.scaler.update()
         if masks:
             reapply_masks(self.model, masks)
         self.method.after_step(out)
-        parts["loss"] = float(loss)
+        parts["loss"] = float(loss.detach())
         return parts
 
     # ---- evaluation -----------------------------------------------------------------

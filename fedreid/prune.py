@@ -22,7 +22,7 @@ smallest weights across all tensors. Ties at a threshold are broken by position 
 order, then row-major index), so results are deterministic.
 
 Training with masks: after ``loss.backward()`` call ``mask_gradients(model, masks)``; after
-``optimizer.step()`` call ``apply_masks(model, masks)``. Re-masking is what keeps pruned
+``optimizer.step()`` call ``reapply_masks(model, masks)``. Re-masking is what keeps pruned
 weights exactly zero: Adam/AdamW and SGD momentum carry state from before pruning and would
 otherwise move them even with a zero gradient.
 """
@@ -43,7 +43,9 @@ _SCOPES = ("layer", "global")
 
 def _tensors(model_or_state: StateLike) -> dict[str, torch.Tensor]:
     if isinstance(model_or_state, nn.Module):
-        return dict(model_or_state.state_dict(keep_vars=True))
+        # Only parameters can be pruned; named_parameters is much cheaper than state_dict,
+        # which matters because reapply_masks runs after every optimizer step.
+        return dict(model_or_state.named_parameters())
     if isinstance(model_or_state, Mapping):
         return dict(model_or_state)
     raise ValueError(
@@ -191,7 +193,9 @@ def magnitude_prune(
         selections = dict(zip(alive_abs, parts, strict=True))
     else:
         quotas = _apportion(k_total, [v.numel() for v in alive_abs.values()])
-        selections = {n: _smallest_k(v, k) for (n, v), k in zip(alive_abs.items(), quotas, strict=True)}
+        selections = {
+            n: _smallest_k(v, k) for (n, v), k in zip(alive_abs.items(), quotas, strict=True)
+        }
 
     for name, sel in selections.items():
         if bool(sel.any()):
@@ -202,18 +206,32 @@ def magnitude_prune(
 
 
 def apply_masks(model_or_state: StateLike, masks: Mapping[str, torch.Tensor]) -> None:
-    """Set pruned weights to exactly +0.0 in place (call after every optimizer step)."""
+    """Set pruned weights to exactly zero in place.
+
+    Multiplies by the mask, which is several times faster than ``masked_fill_`` on CPU; a
+    pruned weight that was negative becomes -0.0, which equals 0 and is never sent (the
+    codec only ships kept values and decodes pruned positions as +0.0).
+    """
     tensors = _tensors(model_or_state)
     _checked(tensors, masks)
     with torch.no_grad():
         for name, m in masks.items():
-            tensors[name].masked_fill_(~m, 0.0)
+            tensors[name].mul_(m)
+
+
+def reapply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+    """Training-loop hook, call right after ``optimizer.step()``: pruned weights back to 0.
+
+    Same operation as ``apply_masks``; named for its place in the loop. Needed because
+    momentum and Adam moments from before pruning move pruned weights despite zero grads.
+    """
+    apply_masks(model, masks)
 
 
 def mask_gradients(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
     """Zero the gradients of pruned weights in place (call after ``backward``).
 
-    Keeps pruned positions out of the optimizer's moment estimates; ``apply_masks`` after
+    Keeps pruned positions out of the optimizer's moment estimates; ``reapply_masks`` after
     the step is still required because stale momentum from before pruning moves them.
     """
     params = dict(model.named_parameters())
@@ -222,4 +240,4 @@ def mask_gradients(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
             raise ValueError(f"masks: {name!r} is not a parameter of the model")
         grad = params[name].grad
         if grad is not None:
-            grad.masked_fill_(~m, 0.0)
+            grad.mul_(m)

@@ -106,7 +106,7 @@ def _to_numpy(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
 
 
 def _to_torch(state: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
+    return {k: torch.from_numpy(np.array(v, order="C")) for k, v in state.items()}  # keeps 0-d
 
 
 class FederatedSite:
@@ -242,7 +242,9 @@ class FederatedSite:
         old_probe = self.trainer.probe_features(reference)
         metrics["klaw"] = mean_kl_divergence(new_probe, old_probe, tau=cfg.kl.tau,
                                              direction=cfg.kl.direction)
-        metrics["cdw"] = float((1 - F.cosine_similarity(new_probe, old_probe, dim=1)).mean())
+        # 1 - cos can round to -1e-8 for an unchanged model: clamp to the valid range.
+        metrics["cdw"] = max(0.0, float((1 - F.cosine_similarity(new_probe, old_probe, dim=1)).mean()))
+        metrics["klaw"] = max(0.0, metrics["klaw"])
         metrics["num-examples"] = float(len(self.data.train))
 
         # Private state and the reply.

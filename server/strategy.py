@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 from flwr.app import (
-    Array,
     ArrayRecord,
     ConfigRecord,
     Error,
@@ -48,22 +47,10 @@ from fedreid.fl.weights import (
     sample_count_weights,
 )
 from fedreid.report import RunRecorder
+from server.records import arrays_to_record, record_nbytes, record_to_arrays
 
 REQUIRED_TRAIN_METRICS = ("num-examples", "prune_ratio", "klaw", "cdw")
 ProgressFn = Callable[[str, int, int, str], None]  # phase, done, total, last site
-
-
-def arrays_to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
-
-
-def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in record.items()}
-
-
-def record_nbytes(record: ArrayRecord) -> int:
-    """Bytes of the serialized array payloads exactly as Flower sends them."""
-    return int(sum(len(arr.data) for arr in record.values()))
 
 
 @dataclass
@@ -213,6 +200,11 @@ class FedReIDStrategy(FedAvg):
                 raise ValueError(f"metric {key!r} is missing or not finite: {value!r}")
         if metrics["num-examples"] <= 0:
             raise ValueError(f"num-examples must be positive, got {metrics['num-examples']}")
+        for key in ("klaw", "cdw"):
+            if metrics[key] < 0:
+                raise ValueError(f"metric {key!r} must be >= 0, got {metrics[key]}")
+        if not 0.0 <= metrics["prune_ratio"] <= 1.0:
+            raise ValueError(f"prune_ratio must lie in [0, 1], got {metrics['prune_ratio']}")
         record = content["arrays"]
         arrays = record_to_arrays(record)
         declared = float(metrics["prune_ratio"]) if any(k.endswith("::bits") for k in arrays) else None
@@ -288,15 +280,16 @@ class FedReIDStrategy(FedAvg):
             self.state.node_site.setdefault(node, site)
             sites[site] = {k: float(v) for k, v in msg.content["metrics"].items()
                            if isinstance(v, (int, float))}
-        if not sites:
-            return None
-        means = {f"mean_{k}": float(np.mean([m[f"global_{k}"] for m in sites.values()]))
-                 for k in ("mAP", "rank1", "mINP")}
-        means.update({f"mean_personal_{k}": float(np.mean([m[f"personal_{k}"] for m in sites.values()]))
-                      for k in ("mAP", "rank1")})
+        def mean(key: str) -> float:
+            return float(np.mean([m[key] for m in sites.values()])) if sites else float("nan")
+
+        means = {f"mean_{k}": mean(f"global_{k}") for k in ("mAP", "rank1", "mINP")}
+        means.update({f"mean_personal_{k}": mean(f"personal_{k}") for k in ("mAP", "rank1")})
+        for f in failures:
+            log(WARNING, "evaluation failed at node %s: %s", f["node"], f["reason"])
         if self.recorder:
             self.recorder.log("evaluate", server_round, sites=sites, failures=failures, **means)
-        return MetricRecord(means)
+        return MetricRecord(means) if sites else None
 
     # ---- the round loop ------------------------------------------------------------------
     def start(self, grid: Grid, initial_arrays: ArrayRecord | None = None, num_rounds: int = 3,
@@ -365,4 +358,6 @@ class FedReIDStrategy(FedAvg):
             reason = f"site {site} did not reply within the round deadline ({timeout:.0f} s)"
             replies.append(Message(Error(code=ErrorCode.REPLY_MESSAGE_UNAVAILABLE, reason=reason),
                                    reply_to=sent[mid]))
+        # Arrival order is arbitrary; aggregate in node order so runs are reproducible.
+        replies.sort(key=lambda m: int(m.metadata.src_node_id))
         return replies

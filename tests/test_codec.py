@@ -168,8 +168,13 @@ def _values(arrays, fn):
 
 
 CORRUPTIONS = {
-    "NaN": lambda a: corrupt(a, "conv.weight::values", _values(a, lambda v: v.__setitem__(0, np.nan))),
+    "NaN": lambda a: corrupt(
+        a, "conv.weight::values", _values(a, lambda v: v.__setitem__(0, np.nan))
+    ),
     "infinity": lambda a: corrupt(a, "bn.weight::dense", np.array([0, np.inf, 1], F32)),
+    "NaN or infinity": lambda a: corrupt(
+        a, "conv.weight::values", _values(a, lambda v: v.__setitem__(-1, -np.inf))
+    ),
     "keeps": lambda a: corrupt(a, "conv.weight::values", a["conv.weight::values"][:-1]),
     "padding bits": lambda a: corrupt(
         a, "conv.weight::bits", a["conv.weight::bits"] | np.array([0, 1], np.uint8)
@@ -200,7 +205,9 @@ def test_validator_declared_sparsity_norm_and_dtypes():
     assert validate_encoded(arrays, shapes_, declared + 1e-9) == []
     assert "exceeds max_norm" in validate_encoded(arrays, shapes_, max_norm=1e-3)[0]
     as_float = corrupt(arrays, "bn.num_batches_tracked::dense", np.array(5.0))
-    problems = validate_encoded(as_float, shapes_, expected_dtypes={"bn.num_batches_tracked": "int64"})
+    problems = validate_encoded(
+        as_float, shapes_, expected_dtypes={"bn.num_batches_tracked": "int64"}
+    )
     assert problems == ["bn.num_batches_tracked: dense dtype float64 != expected int64"]
     sparse_int = validate_encoded(arrays, shapes_, expected_dtypes={"conv.weight": np.int64})
     assert sparse_int and "not float" in sparse_int[0]
@@ -223,3 +230,11 @@ def test_byte_ledger():
         ledger.record(1, "x", "sideways", 1)
     with pytest.raises(ValueError, match=">= 0"):
         ledger.record(1, "x", "up", -1)
+
+
+def test_decode_rejects_bad_shape_array():
+    state, masks = state_and_masks((3, 5), "random", 3)
+    arrays = encode_sparse(state, masks)
+    for bad in (np.array([-3, -5], np.int64), np.array([[3, 5]], np.int64), np.array([3.0, 5.0])):
+        with pytest.raises(ValueError, match="shape must be"):
+            decode_sparse({**arrays, "conv.weight::shape": bad})

@@ -14,8 +14,16 @@ def two_sites():
         "b": np.array([0, 0], F32),
         "nbt": np.array(7, np.int64),
     }
-    s0 = {"w": np.array([1, 2, 0, 0], F32), "b": np.array([1, 2], F32), "nbt": np.array(10, np.int64)}
-    s1 = {"w": np.array([3, 0, 5, 0], F32), "b": np.array([3, 6], F32), "nbt": np.array(20, np.int64)}
+    s0 = {
+        "w": np.array([1, 2, 0, 0], F32),
+        "b": np.array([1, 2], F32),
+        "nbt": np.array(10, np.int64),
+    }
+    s1 = {
+        "w": np.array([3, 0, 5, 0], F32),
+        "b": np.array([3, 6], F32),
+        "nbt": np.array(20, np.int64),
+    }
     m0 = {"w": np.array([True, True, False, False])}
     m1 = {"w": np.array([True, False, True, False])}
     return g, [s0, s1], [m0, m1]

@@ -11,7 +11,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageTy
 from fedreid.config import load_config
 from fedreid.config.presets import strategy_overrides
 from fedreid.fl.codec import encode_sparse
-from server.strategy import FedReIDStrategy, record_nbytes
+from server.records import record_nbytes
+from server.strategy import FedReIDStrategy
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 

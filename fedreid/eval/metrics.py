@@ -27,6 +27,12 @@ def _as_array(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def _usable_cpus() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _check_inputs(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
     dist = _as_array(distmat)
     if dist.ndim != 2 or dist.shape[0] == 0 or dist.shape[1] == 0:
@@ -50,7 +56,9 @@ def _check_inputs(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
             )
         arrays[name] = arr
     # a NaN makes the sum NaN; only a non-finite sum needs the element-wise look
-    if not np.isfinite(dist.sum()) and np.isnan(dist).any():
+    with np.errstate(invalid="ignore", over="ignore"):
+        total = dist.sum()
+    if not np.isfinite(total) and np.isnan(dist).any():
         bad = np.argwhere(np.isnan(dist))[0]
         raise ValueError(
             f"distmat contains NaN (first at query {bad[0]}, gallery {bad[1]}); "
@@ -117,7 +125,9 @@ def _full_positions(dist, rows, seg_start, seg_stop, pair_g, pair_v, num_threads
     else:
         bounds = np.linspace(0, n, workers + 1).astype(int)
         with ThreadPoolExecutor(workers) as pool:
-            for f in [pool.submit(work, a, b) for a, b in zip(bounds[:-1], bounds[1:])]:
+            for f in [
+                pool.submit(work, a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+            ]:
                 f.result()
     return out
 
@@ -196,7 +206,7 @@ def evaluate(
     seg_stop = np.cumsum(per_query[valid_q])
     seg_start = seg_stop - per_query[valid_q]
 
-    threads = num_threads if num_threads is not None else len(os.sched_getaffinity(0))
+    threads = num_threads if num_threads is not None else _usable_cpus()
     full_pos = _full_positions(dist, valid_q, seg_start, seg_stop, pair_g, pair_v, threads)
 
     # junk items ranked before each pair, and the 1-based rank of each positive among positives

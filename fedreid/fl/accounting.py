@@ -37,7 +37,9 @@ def serialized_nbytes(arrays: Mapping[str, np.ndarray]) -> int:
         try:
             np.save(counter, np.asarray(arr), allow_pickle=False)
         except ValueError as err:
-            raise ValueError(f"arrays[{key!r}]: cannot be serialised without pickle: {err}") from err
+            raise ValueError(
+                f"arrays[{key!r}]: cannot be serialised without pickle: {err}"
+            ) from err
         total += counter.n
     return total
 
@@ -102,5 +104,7 @@ class ByteLedger:
         """Rebuild a ledger saved with ``to_dict`` (for resuming a run)."""
         ledger = cls()
         for r, sites in data.get("rounds", {}).items():
-            ledger._rows[int(r)] = {str(s): {k: int(v) for k, v in c.items()} for s, c in sites.items()}
+            ledger._rows[int(r)] = {
+                str(s): {k: int(v) for k, v in c.items()} for s, c in sites.items()
+            }
         return ledger

@@ -29,12 +29,17 @@ import numpy as np
 SEP = "::"
 SPARSE_PARTS = ("bits", "values", "shape")
 VALUE_DTYPES = ("float32", "float16")
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
 _FP16_MAX = float(np.finfo(np.float16).max)
 
 
 def _popcount(bits: np.ndarray) -> int:
-    return int(_POPCOUNT[bits].sum())
+    return int(np.count_nonzero(np.unpackbits(bits)))
+
+
+def _all_finite(values: np.ndarray) -> bool:
+    """NaN propagates through min/max and +-inf shows up in them: two fast reductions, no
+    temporary the size of the array (unlike ``np.isfinite(values).all()``)."""
+    return values.size == 0 or bool(np.isfinite(values.min()) and np.isfinite(values.max()))
 
 
 def encode_sparse(
@@ -65,7 +70,11 @@ def encode_sparse(
             raise ValueError(f"{name!r}: only float tensors can be masked, got {t.dtype}")
         flat_mask = m.reshape(-1)
         values = t.reshape(-1).take(np.flatnonzero(flat_mask))
-        if value_dtype == "float16" and values.size and np.abs(values).max() > _FP16_MAX:
+        if (
+            value_dtype == "float16"
+            and values.size
+            and max(-values.min(), values.max()) > _FP16_MAX
+        ):
             raise ValueError(
                 f"{name!r}: values exceed the float16 range ({_FP16_MAX}); use value_dtype="
                 f"'float32'"
@@ -90,7 +99,10 @@ def _group(arrays: Mapping[str, np.ndarray]) -> tuple[dict[str, dict[str, np.nda
 
 
 def _decode_one(name: str, parts: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    shape = tuple(int(s) for s in parts["shape"])
+    shp = parts["shape"]
+    if shp.ndim != 1 or shp.dtype.kind not in "iu" or (shp < 0).any():
+        raise ValueError(f"{name!r}: shape must be a 1-D array of non-negative integers")
+    shape = tuple(int(s) for s in shp)
     n = int(np.prod(shape, dtype=np.int64))
     bits, values = parts["bits"], parts["values"]
     if bits.dtype != np.uint8 or bits.shape != ((n + 7) // 8,):
@@ -153,7 +165,7 @@ def _check_sparse(
             f"{values.shape}"
         )
         return None
-    if not np.isfinite(values).all():
+    if not _all_finite(values):
         problems.append(f"{name}: values contain NaN or infinity")
     kept = _popcount(bits)
     if kept != values.size:
@@ -199,7 +211,7 @@ def validate_encoded(
             elif d.dtype.kind not in "fiub":
                 problems.append(f"{name}: dense dtype {d.dtype} is not numeric")
             if d.dtype.kind == "f":
-                if not np.isfinite(d).all():
+                if not _all_finite(d):
                     problems.append(f"{name}: dense values contain NaN or infinity")
                 elif max_norm is not None:
                     sq_norm += float(np.linalg.norm(d.astype(np.float32, copy=False))) ** 2

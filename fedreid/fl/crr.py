@@ -150,6 +150,7 @@ class CrossRoundRecovery:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CrossRoundRecovery:
         """Inverse of ``to_dict`` (accepts 0-d arrays for the scalars, as np.load returns)."""
+
         def scalar(key: str) -> Any:
             if key not in data:
                 raise ValueError(f"CRR state: key {key!r} is missing; was it saved by to_dict?")
@@ -192,7 +193,9 @@ def restored_weights(
     out = {k: np.array(v, copy=True) for k, v in downloaded.items()}
     for name, backup in decision.weights.items():
         if name not in out or out[name].shape != backup.shape:
-            raise ValueError(f"restored_weights: backup {name!r} does not match the downloaded model")
+            raise ValueError(
+                f"restored_weights: backup {name!r} does not match the downloaded model"
+            )
         if mode == "backup":
             out[name] = np.array(backup, copy=True)
         elif name in decision.masks and name in current_masks:

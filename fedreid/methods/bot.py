@@ -59,9 +59,9 @@ class BoTMethod(ReidMethod):
         total = l_id + l_tri + self.center_weight * l_center
         acc = (logits.argmax(1) == targets).float().mean()
         return total, {
-            "loss_id": float(l_id),
-            "loss_triplet": float(l_tri),
-            "loss_center": float(l_center),
+            "loss_id": float(l_id.detach()),
+            "loss_triplet": float(l_tri.detach()),
+            "loss_center": float(l_center.detach()),
             "train_acc": float(acc),
         }
 

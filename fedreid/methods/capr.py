@@ -72,7 +72,7 @@ class CAPRMethod(ReidMethod):
         targets = torch.as_tensor(self.sample_proxy[out.indices], device=feats.device)
         camids = torch.as_tensor(self.train_store.camids[out.indices], device=feats.device)
         loss = self.memory(feats, targets, camids)
-        return loss, {"loss_cap": float(loss)}
+        return loss, {"loss_cap": float(loss.detach())}
 
     def after_step(self, out: BatchOutput) -> None:
         feats = F.normalize(out.bn_feat.detach(), dim=1)

@@ -65,11 +65,17 @@ class CameraSpec:
 
     def __post_init__(self) -> None:
         if self.background not in BACKGROUNDS:
-            raise ValueError(f"camera {self.name}: background={self.background!r} is not one of {sorted(BACKGROUNDS)}")
+            raise ValueError(
+                f"camera {self.name}: background={self.background!r} is not one of {sorted(BACKGROUNDS)}"
+            )
         if self.modality not in MODALITIES:
-            raise ValueError(f"camera {self.name}: modality={self.modality!r} is not one of {MODALITIES}")
+            raise ValueError(
+                f"camera {self.name}: modality={self.modality!r} is not one of {MODALITIES}"
+            )
         if not 0.1 <= self.resolution <= 1.0:
-            raise ValueError(f"camera {self.name}: resolution={self.resolution} must lie in [0.1, 1]")
+            raise ValueError(
+                f"camera {self.name}: resolution={self.resolution} must lie in [0.1, 1]"
+            )
 
     @property
     def foreshortening(self) -> float:
@@ -163,13 +169,20 @@ def _scene(background: str, name: str, h: int, w: int) -> np.ndarray:
     img = np.where(is_floor[..., None], np.asarray(floor, np.float32), np.asarray(top, np.float32))
     if tex == "tiles":
         depth = np.maximum(Y - horizon, 1e-3)
-        mask = ((np.mod((X - 0.75 * sw / h) / depth * 0.25, 1.0) < 0.08) | (np.mod(np.log(depth) * 4, 1.0) < 0.12)) & is_floor
+        mask = (
+            (np.mod((X - 0.75 * sw / h) / depth * 0.25, 1.0) < 0.08)
+            | (np.mod(np.log(depth) * 4, 1.0) < 0.12)
+        ) & is_floor
     elif tex == "stripes":
         mask = (np.mod(X * 5.0, 1.0) < 0.35) & ~is_floor
     elif tex == "bricks":
-        mask = ((np.mod(Y * 14, 1.0) < 0.15) | (np.mod(X * 7 + 0.5 * np.floor(Y * 14), 1.0) < 0.1)) & ~is_floor
+        mask = (
+            (np.mod(Y * 14, 1.0) < 0.15) | (np.mod(X * 7 + 0.5 * np.floor(Y * 14), 1.0) < 0.1)
+        ) & ~is_floor
     elif tex == "noise":
-        mask = _smooth_noise(np.random.default_rng(zlib.crc32(name.encode())), sh, sw, (7, 9)) > 0.55
+        mask = (
+            _smooth_noise(np.random.default_rng(zlib.crc32(name.encode())), sh, sw, (7, 9)) > 0.55
+        )
     else:
         mask = np.zeros((sh, sw), bool)
     img[mask] = tex_rgb
@@ -219,5 +232,7 @@ def add_noise(img: np.ndarray, cam: CameraSpec, rng: np.random.Generator) -> np.
     if cam.noise <= 0:
         return img
     shape = img.shape[:2] + ((1,) if cam.modality == "infrared" else (img.shape[2],))
-    noisy = img.astype(np.float32) + rng.standard_normal(shape, dtype=np.float32) * np.float32(cam.noise * 255.0)
+    noisy = img.astype(np.float32) + rng.standard_normal(shape, dtype=np.float32) * np.float32(
+        cam.noise * 255.0
+    )
     return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)

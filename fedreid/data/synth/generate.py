@@ -54,7 +54,11 @@ def _render_chunk(task: tuple) -> list[tuple[str, dict]]:
         phase = float(cap_rng.uniform(0.0, 2.0 * math.pi)) + 0.8 * job.frame
         rng = np.random.default_rng(base + [job.frame, 0xF0])
         if spec.video:  # frames of one tracklet drift a little around the shared capture
-            cap = replace(cap, shift_x=cap.shift_x + float(rng.normal(0.0, 0.006)), scale=cap.scale * float(1.0 + rng.normal(0.0, 0.01)))
+            cap = replace(
+                cap,
+                shift_x=cap.shift_x + float(rng.normal(0.0, 0.006)),
+                scale=cap.scale * float(1.0 + rng.normal(0.0, 0.01)),
+            )
         pixels = render_image(ident, job.outfit, cam, cap, rng, size, phase)
         path = Path(root) / job.rel
         if path.parent not in made:
@@ -89,8 +93,15 @@ def _chunks(plan: SitePlan, seed: int, size: tuple[int, int], root: Path) -> lis
 
 
 def _validate(scale, seed, size, sites, workers, min_test_ids) -> tuple[tuple[int, int], list[str]]:
-    if not isinstance(scale, int | float) or isinstance(scale, bool) or not math.isfinite(scale) or scale <= 0:
-        raise ValueError(f"scale={scale!r} must be a finite number > 0 (1.0 is the default benchmark, 0.05 a tiny one)")
+    if (
+        not isinstance(scale, int | float)
+        or isinstance(scale, bool)
+        or not math.isfinite(scale)
+        or scale <= 0
+    ):
+        raise ValueError(
+            f"scale={scale!r} must be a finite number > 0 (1.0 is the default benchmark, 0.05 a tiny one)"
+        )
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed={seed!r} must be an int >= 0")
     if (
@@ -102,14 +113,20 @@ def _validate(scale, seed, size, sites, workers, min_test_ids) -> tuple[tuple[in
         or size[0] > 1024
         or size[1] > 1024
     ):
-        raise ValueError(f"size={size!r} must be (height, width) ints with 16 <= height, 8 <= width, both <= 1024, e.g. (128, 64)")
+        raise ValueError(
+            f"size={size!r} must be (height, width) ints with 16 <= height, 8 <= width, both <= 1024, e.g. (128, 64)"
+        )
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers={workers!r} must be an int >= 1")
     if not isinstance(min_test_ids, int) or isinstance(min_test_ids, bool) or min_test_ids < 2:
-        raise ValueError(f"min_test_ids={min_test_ids!r} must be an int >= 2 (the benchmark uses 30)")
+        raise ValueError(
+            f"min_test_ids={min_test_ids!r} must be an int >= 2 (the benchmark uses 30)"
+        )
     keys = list(SITE_KEYS) if sites is None else list(sites)
     if isinstance(sites, str) or not keys or len(set(keys)) != len(keys):
-        raise ValueError(f"sites={sites!r} must be a non-empty list of distinct names from {list(SITE_KEYS)}")
+        raise ValueError(
+            f"sites={sites!r} must be a non-empty list of distinct names from {list(SITE_KEYS)}"
+        )
     unknown = [k for k in keys if k not in SITE_KEYS]
     if unknown:
         raise ValueError(f"sites: unknown site(s) {unknown}; choose from {list(SITE_KEYS)}")
@@ -121,7 +138,9 @@ def _clear_site_dir(site_dir: Path) -> None:
     if not site_dir.exists():
         return
     if not site_dir.is_dir():
-        raise ValueError(f"out_dir: {site_dir} exists and is not a folder; remove it or choose another out_dir")
+        raise ValueError(
+            f"out_dir: {site_dir} exists and is not a folder; remove it or choose another out_dir"
+        )
     meta = site_dir / "meta.json"
     generated = False
     if meta.is_file():
@@ -142,7 +161,9 @@ def _site_meta(plan: SitePlan, seed: int, images: dict[str, dict]) -> dict:
     spec = plan.spec
     identities = {}
     for pid in plan.train_pids + plan.test_pids + plan.distractor_pids:
-        ident = draw_identity(seed, plan.uid, pid, spec.priors, plan.n_prototypes, spec.outfits_per_id)
+        ident = draw_identity(
+            seed, plan.uid, pid, spec.priors, plan.n_prototypes, spec.outfits_per_id
+        )
         identities[str(pid)] = {"role": plan.role(pid), **ident.to_meta()}
     order = {s: i for i, s in enumerate(SPLITS)}
     keys = sorted(images, key=lambda k: (order[k.split("/", 1)[0]], k))
@@ -185,12 +206,18 @@ def generate_synthetic8(
     is called with image counts as chunks finish. Re-running replaces earlier generated
     site folders; any other non-empty site folder raises ValueError. Returns the manifest
     that is also written to ``<out>/synthetic-8.json``.
+
+    ``workers`` > 1 renders in "spawn" worker processes (safe when the caller already runs
+    torch threads), so a calling script needs the usual ``if __name__ == "__main__":`` guard.
     """
     size, keys = _validate(scale, seed, size, sites, workers, min_test_ids)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out_dir={str(out)!r} exists and is not a folder")
-    plans = [plan_site(site_spec(k), seed=seed, scale=float(scale), min_test_ids=min_test_ids) for k in keys]
+    plans = [
+        plan_site(site_spec(k), seed=seed, scale=float(scale), min_test_ids=min_test_ids)
+        for k in keys
+    ]
     for plan in plans:
         _clear_site_dir(out / plan.spec.key)
     tasks = [t for p in plans for t in _chunks(p, seed, size, out / p.spec.key / "pytorch")]
@@ -217,7 +244,9 @@ def generate_synthetic8(
 
     manifest_sites = []
     for plan in plans:
-        _write_json(out / plan.spec.key / "meta.json", _site_meta(plan, seed, images[plan.spec.key]))
+        _write_json(
+            out / plan.spec.key / "meta.json", _site_meta(plan, seed, images[plan.spec.key])
+        )
         manifest_sites.append({**plan.spec.to_meta(), "counts": plan.counts()})
     manifest = {
         "generator": GENERATOR,

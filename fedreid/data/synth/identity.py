@@ -172,7 +172,7 @@ def draw_outfit(rng: np.random.Generator, pri: AttributePriors) -> Outfit:
 
 
 def _perturb(rng: np.random.Generator, base: Outfit, pri: AttributePriors) -> Outfit:
-    """A look-alike: same outfit, re-jittered colours, one or two attributes redrawn."""
+    """A look-alike: same outfit, re-jittered colours, zero to two attribute groups redrawn."""
     fresh = draw_outfit(rng, pri)
     j = pri.colour_jitter
     fields = {
@@ -187,7 +187,7 @@ def _perturb(rng: np.random.Generator, base: Outfit, pri: AttributePriors) -> Ou
         ("sleeves",),
         ("shoes_rgb",),
     )
-    for g in rng.choice(len(groups), size=int(rng.integers(1, 3)), replace=False):
+    for g in rng.choice(len(groups), size=int(rng.integers(0, 3)), replace=False):
         fields.update({name: getattr(fresh, name) for name in groups[int(g)]})
     return replace(base, **fields)
 

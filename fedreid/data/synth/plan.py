@@ -98,7 +98,11 @@ def _identity_jobs(spec: SiteSpec, seed: int, uid: int, pid: int, role: str) -> 
     for cam in _cameras(rng, spec, role):
         outfit = cam % spec.outfits_per_id
         if spec.video:
-            shots = [(t, f) for t in range(spec.tracklets_per_cam) for f in range(int(rng.integers(lo, hi + 1)))]
+            shots = [
+                (t, f)
+                for t in range(spec.tracklets_per_cam)
+                for f in range(int(rng.integers(lo, hi + 1)))
+            ]
         else:
             n = int(rng.integers(lo, hi + 1))
             if role == "test" and spec.layout == "big":
@@ -125,7 +129,11 @@ def plan_site(spec: SiteSpec, *, seed: int, scale: float, min_test_ids: int) -> 
     n_train, n_test, n_distractor = spec.scaled_ids(scale, min_test_ids)
     uid = site_uid(spec.key)
     pids = list(range(1, n_train + n_test + n_distractor + 1))
-    train, test, distractor = pids[:n_train], pids[n_train : n_train + n_test], pids[n_train + n_test :]
+    train, test, distractor = (
+        pids[:n_train],
+        pids[n_train : n_train + n_test],
+        pids[n_train + n_test :],
+    )
     jobs: list[ImageJob] = []
     for role, group in (("train", train), ("test", test), ("distractor", distractor)):
         for pid in group:

@@ -15,7 +15,15 @@ import math
 import numpy as np
 from PIL import Image
 
-from .camera import Capture, CameraSpec, add_noise, apply_optics, draw_occluder, render_background, to_infrared
+from .camera import (
+    CameraSpec,
+    Capture,
+    add_noise,
+    apply_optics,
+    draw_occluder,
+    render_background,
+    to_infrared,
+)
 from .identity import Identity, Outfit
 
 HEAD_V, HEAD_RU, HEAD_RV = 0.075, 0.05, 0.068
@@ -44,7 +52,9 @@ class _Canvas:
     def ellipse(self, cu: float, cv: float, ru: float, rv: float) -> np.ndarray:
         return ((self.u - cu) / ru) ** 2 + ((self.v - cv) / rv) ** 2 <= 1.0
 
-    def capsule(self, p0: tuple[float, float], p1: tuple[float, float], r: float) -> tuple[np.ndarray, np.ndarray]:
+    def capsule(
+        self, p0: tuple[float, float], p1: tuple[float, float], r: float
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Thick segment (a limb); also returns the position 0..1 along it (for sleeves)."""
         du, dv = p1[0] - p0[0], p1[1] - p0[1]
         t = np.clip(((self.u - p0[0]) * du + (self.v - p0[1]) * dv) / (du * du + dv * dv), 0.0, 1.0)
@@ -63,7 +73,10 @@ def _upper_colour(c: _Canvas, mask: np.ndarray, o: Outfit, view: str) -> None:
     if o.pattern == "stripes":
         c.paint(mask & (np.mod(c.v * 22.0, 1.0) < 0.45), o.upper2_rgb)
     elif o.pattern == "checks":
-        c.paint(mask & ((np.mod(c.v * 16.0, 1.0) < 0.5) ^ (np.mod(c.u * 16.0 + 0.25, 1.0) < 0.5)), o.upper2_rgb)
+        c.paint(
+            mask & ((np.mod(c.v * 16.0, 1.0) < 0.5) ^ (np.mod(c.u * 16.0 + 0.25, 1.0) < 0.5)),
+            o.upper2_rgb,
+        )
     elif o.pattern == "logo" and view == "front":
         c.paint(mask & c.box(-0.04, 0.04, 0.22, 0.30), o.upper2_rgb)
 
@@ -75,7 +88,9 @@ def _limb(c: _Canvas, p0, p1, r: float, cloth, skin_rgb, covered: float) -> None
     c.paint(mask & (t > covered), skin_rgb, skin=True)
 
 
-def _legs(c: _Canvas, ident: Identity, o: Outfit, view: str, facing: int, phase: float, width: float) -> None:
+def _legs(
+    c: _Canvas, ident: Identity, o: Outfit, view: str, facing: int, phase: float, width: float
+) -> None:
     r = 0.05 * ident.width
     if view == "side":
         stride = 0.13 * math.sin(phase)
@@ -90,18 +105,33 @@ def _legs(c: _Canvas, ident: Identity, o: Outfit, view: str, facing: int, phase:
         c.paint(c.ellipse(p1[0] + toe, FOOT_V + 0.012, 0.045, 0.022), o.shoes_rgb)
     if o.lower_style == "skirt":
         flare = (c.v - (HIP_V - 0.03)) / 0.25
-        skirt = (c.v >= HIP_V - 0.03) & (c.v <= HIP_V + 0.22) & (np.abs(c.u) <= width * (0.1 + 0.05 * flare))
+        skirt = (
+            (c.v >= HIP_V - 0.03)
+            & (c.v <= HIP_V + 0.22)
+            & (np.abs(c.u) <= width * (0.1 + 0.05 * flare))
+        )
         c.paint(skirt, o.lower_rgb)
 
 
-def _arms(c: _Canvas, ident: Identity, o: Outfit, view: str, facing: int, phase: float, half: float, near: bool) -> None:
+def _arms(
+    c: _Canvas,
+    ident: Identity,
+    o: Outfit,
+    view: str,
+    facing: int,
+    phase: float,
+    half: float,
+    near: bool,
+) -> None:
     covered = 0.45 if o.sleeves == "short" else 0.92
     r = 0.032 * ident.width
     if view == "side":
         swing = 0.12 * math.sin(phase + (0.0 if near else math.pi))
         arms = [((0.0, SHOULDER_V + 0.03), (facing * swing, 0.46))]
     elif near:
-        arms = [((s * (half - 0.005), SHOULDER_V + 0.03), (s * (half + 0.03), 0.47)) for s in (-1, 1)]
+        arms = [
+            ((s * (half - 0.005), SHOULDER_V + 0.03), (s * (half + 0.03), 0.47)) for s in (-1, 1)
+        ]
     else:
         return
     for p0, p1 in arms:
@@ -121,8 +151,13 @@ def _head(c: _Canvas, ident: Identity, o: Outfit, view: str, facing: int) -> Non
         c.paint(head, ident.skin_rgb, skin=True)
         c.paint(head & ((c.v < HEAD_V - 0.03) | (np.abs(c.u) > 0.038)), ident.hair_rgb)
         if long_v:
-            c.paint(c.box(-0.065, -0.035, HEAD_V, long_v) | c.box(0.035, 0.065, HEAD_V, long_v), ident.hair_rgb)
-        eyes = c.ellipse(-0.018, HEAD_V - 0.005, 0.007, 0.006) | c.ellipse(0.018, HEAD_V - 0.005, 0.007, 0.006)
+            c.paint(
+                c.box(-0.065, -0.035, HEAD_V, long_v) | c.box(0.035, 0.065, HEAD_V, long_v),
+                ident.hair_rgb,
+            )
+        eyes = c.ellipse(-0.018, HEAD_V - 0.005, 0.007, 0.006) | c.ellipse(
+            0.018, HEAD_V - 0.005, 0.007, 0.006
+        )
         c.paint(eyes, (0.1, 0.08, 0.08))
     else:
         if long_v:
@@ -131,22 +166,36 @@ def _head(c: _Canvas, ident: Identity, o: Outfit, view: str, facing: int) -> Non
         c.paint(head & ((facing * c.u < 0.008) | (c.v < HEAD_V - 0.035)), ident.hair_rgb)
     if o.hat == "cap":
         c.paint(head & (c.v < HEAD_V - 0.03), o.hat_rgb)
-        brim = c.box(-0.055, 0.055, HEAD_V - 0.035, HEAD_V - 0.02) if view != "side" else c.box(0.0, facing * 0.085, HEAD_V - 0.035, HEAD_V - 0.022)
+        brim = (
+            c.box(-0.055, 0.055, HEAD_V - 0.035, HEAD_V - 0.02)
+            if view != "side"
+            else c.box(0.0, facing * 0.085, HEAD_V - 0.035, HEAD_V - 0.022)
+        )
         c.paint(brim, o.hat_rgb)
     elif o.hat == "beanie":
-        c.paint(c.ellipse(0.0, HEAD_V - 0.01, HEAD_RU * 1.08, HEAD_RV * 1.02) & (c.v < HEAD_V - 0.015), o.hat_rgb)
+        c.paint(
+            c.ellipse(0.0, HEAD_V - 0.01, HEAD_RU * 1.08, HEAD_RV * 1.02) & (c.v < HEAD_V - 0.015),
+            o.hat_rgb,
+        )
 
 
-def _bag(c: _Canvas, o: Outfit, view: str, facing: int, half: float, phase: float, stage: str) -> None:
+def _bag(
+    c: _Canvas, o: Outfit, view: str, facing: int, half: float, phase: float, stage: str
+) -> None:
     """Bags: ``stage`` "behind" is painted before the torso, "front" after it."""
     if o.bag == "backpack":
         if view == "side" and stage == "behind":
-            c.paint(c.box(-facing * half * 0.7, -facing * (half * 0.7 + 0.08), 0.18, 0.43), o.bag_rgb)
+            c.paint(
+                c.box(-facing * half * 0.7, -facing * (half * 0.7 + 0.08), 0.18, 0.43), o.bag_rgb
+            )
         elif view == "back" and stage == "front":
             c.paint(c.box(-0.085, 0.085, 0.18, 0.43), o.bag_rgb)
             c.paint(c.box(-0.085, 0.085, 0.30, 0.31), tuple(0.6 * x for x in o.bag_rgb))
         elif view == "front" and stage == "front":
-            c.paint(c.box(-0.075, -0.055, SHOULDER_V, 0.36) | c.box(0.055, 0.075, SHOULDER_V, 0.36), o.bag_rgb)
+            c.paint(
+                c.box(-0.075, -0.055, SHOULDER_V, 0.36) | c.box(0.055, 0.075, SHOULDER_V, 0.36),
+                o.bag_rgb,
+            )
     elif o.bag == "shoulder" and stage == "front":
         side = -1.0 if view == "front" else 1.0
         if view != "side":

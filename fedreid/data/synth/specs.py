@@ -2,7 +2,7 @@
 
 Each row mirrors its real data set (research/fedklpr.md §3): camera count, the ratio of
 train to test identities, images per identity, gallery-only distractors, resolution and
-capture conditions, scaled down so the default benchmark (~8.4k images at 128x64) renders in
+capture conditions, scaled down so the default benchmark (~8.2k images at 128x64) renders in
 well under a minute on two cores. The real statistics sit beside each row so the table can
 be checked and printed.
 """
@@ -62,11 +62,17 @@ class SiteSpec:
             raise ValueError(f"site {self.key}: layout={self.layout!r} is not one of {LAYOUTS}")
         lo, hi = self.cams_per_id
         if not 1 <= lo <= hi <= len(self.cameras):
-            raise ValueError(f"site {self.key}: cams_per_id={self.cams_per_id} must lie in 1..{len(self.cameras)}")
+            raise ValueError(
+                f"site {self.key}: cams_per_id={self.cams_per_id} must lie in 1..{len(self.cameras)}"
+            )
         if self.layout == "big" and lo < 2:
-            raise ValueError(f"site {self.key}: a 'big' site needs cams_per_id >= 2 so queries have matches")
+            raise ValueError(
+                f"site {self.key}: a 'big' site needs cams_per_id >= 2 so queries have matches"
+            )
         if self.layout != "big" and len(self.cameras) < 2:
-            raise ValueError(f"site {self.key}: a '{self.layout}' site needs >= 2 cameras (query and gallery halves)")
+            raise ValueError(
+                f"site {self.key}: a '{self.layout}' site needs >= 2 cameras (query and gallery halves)"
+            )
 
     @property
     def video(self) -> bool:
@@ -104,16 +110,43 @@ class SiteSpec:
         }
 
 
-def _cams(n: int, backgrounds: tuple[str, ...], views: tuple[tuple[float, float, float], ...], **cycled) -> tuple[CameraSpec, ...]:
+def _cams(
+    n: int, backgrounds: tuple[str, ...], views: tuple[tuple[float, float, float], ...], **cycled
+) -> tuple[CameraSpec, ...]:
     """``n`` cameras; each setting is a tuple cycled over the cameras (one value = all)."""
     columns = {"background": backgrounds, "view_probs": views, **cycled}
     return tuple(
-        CameraSpec(name=f"cam{i}", **{k: v[i % len(v)] for k, v in columns.items()}) for i in range(n)
+        CameraSpec(name=f"cam{i}", **{k: v[i % len(v)] for k, v in columns.items()})
+        for i in range(n)
     )
 
 
-_DARK = ("black", "charcoal", "navy", "grey", "darkgreen", "brown", "burgundy", "beige", "white", "denim", "khaki")
-_BRIGHT = ("white", "red", "blue", "lightblue", "pink", "yellow", "green", "black", "grey", "orange", "purple")
+_DARK = (
+    "black",
+    "charcoal",
+    "navy",
+    "grey",
+    "darkgreen",
+    "brown",
+    "burgundy",
+    "beige",
+    "white",
+    "denim",
+    "khaki",
+)
+_BRIGHT = (
+    "white",
+    "red",
+    "blue",
+    "lightblue",
+    "pink",
+    "yellow",
+    "green",
+    "black",
+    "grey",
+    "orange",
+    "purple",
+)
 _TROUSERS = ("black", "denim", "navy", "charcoal", "grey", "khaki", "beige")
 
 SITE_SPECS: tuple[SiteSpec, ...] = (
@@ -206,7 +239,18 @@ SITE_SPECS: tuple[SiteSpec, ...] = (
         cams_per_id=(2, 2),
         images_per_cam=(3, 6),
         priors=AttributePriors(
-            upper_palette=("white", "black", "blue", "grey", "navy", "red", "lightblue", "charcoal", "beige", "green"),
+            upper_palette=(
+                "white",
+                "black",
+                "blue",
+                "grey",
+                "navy",
+                "red",
+                "lightblue",
+                "charcoal",
+                "beige",
+                "green",
+            ),
             lower_palette=_TROUSERS,
             pattern_probs=(0.6, 0.15, 0.1, 0.15),
             short_sleeve_prob=0.5,
@@ -236,7 +280,18 @@ SITE_SPECS: tuple[SiteSpec, ...] = (
         cams_per_id=(2, 2),
         images_per_cam=(3, 6),
         priors=AttributePriors(
-            upper_palette=("black", "charcoal", "grey", "navy", "denim", "white", "red", "brown", "beige", "blue"),
+            upper_palette=(
+                "black",
+                "charcoal",
+                "grey",
+                "navy",
+                "denim",
+                "white",
+                "red",
+                "brown",
+                "beige",
+                "blue",
+            ),
             lower_palette=_TROUSERS,
             short_sleeve_prob=0.3,
         ),
@@ -260,7 +315,18 @@ SITE_SPECS: tuple[SiteSpec, ...] = (
         cams_per_id=(2, 2),
         images_per_cam=(2, 2),
         priors=AttributePriors(
-            upper_palette=("white", "black", "blue", "grey", "red", "navy", "pink", "yellow", "lightblue", "green"),
+            upper_palette=(
+                "white",
+                "black",
+                "blue",
+                "grey",
+                "red",
+                "navy",
+                "pink",
+                "yellow",
+                "lightblue",
+                "green",
+            ),
             lower_palette=_TROUSERS,
             short_sleeve_prob=0.6,
         ),
@@ -286,7 +352,9 @@ SITE_SPECS: tuple[SiteSpec, ...] = (
         distractor_ids=0,
         cams_per_id=(2, 2),
         images_per_cam=(1, 1),
-        priors=AttributePriors(upper_palette=tuple(COLOURS), lower_palette=_TROUSERS + ("white", "blue")),
+        priors=AttributePriors(
+            upper_palette=tuple(COLOURS), lower_palette=_TROUSERS + ("white", "blue")
+        ),
         real=RealStats(2, 316, 632, 316, 316, 316),
         conditions="2 low-resolution outdoor cameras, ~90 degree viewpoint change, 1 image per camera",
     ),
@@ -312,7 +380,18 @@ SITE_SPECS: tuple[SiteSpec, ...] = (
         cams_per_id=(2, 2),
         images_per_cam=(1, 4),
         priors=AttributePriors(
-            upper_palette=("black", "white", "grey", "navy", "denim", "beige", "red", "brown", "khaki", "blue"),
+            upper_palette=(
+                "black",
+                "white",
+                "grey",
+                "navy",
+                "denim",
+                "beige",
+                "red",
+                "brown",
+                "khaki",
+                "blue",
+            ),
             lower_palette=_TROUSERS,
             short_sleeve_prob=0.5,
         ),

@@ -1,4 +1,4 @@
-"""A Flower ``Grid`` that calls a ClientApp in this process: federations in milliseconds.
+"""A Flower ``Grid`` that calls a ClientApp in this process: federations without Ray or sockets.
 
 Each node has its own ``Context`` (so ``context.state`` persists per site across rounds, as
 on a SuperNode); a ClientApp exception becomes an error reply, as Flower does. Nodes listed
@@ -64,3 +64,11 @@ class InProcessGrid(Grid):
 
     def send_and_receive(self, messages, *, timeout=None):
         return self.pull_messages(self.push_messages(messages))
+
+
+def set_task_identity(run_id: int = 1) -> None:
+    """Flower ≥ 1.38 builds instruction messages only inside a task; outside one (benchmarks,
+    in-process federations) the identity must be set by hand. Internal Flower API."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, 0, 1

@@ -1,0 +1,114 @@
+"""A whole federation in one process: server strategy ⇄ ClientApp over three tiny sites.
+
+Uses the real ClientApp and strategy through an in-process Grid (no Ray, no sockets), so the
+round flow, private state, failures and resume are exercised in seconds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from clients.app import make_client_app
+from fedreid.config import load_config
+from fedreid.config.presets import strategy_overrides
+from fedreid.data.synth import generate_synthetic8
+from fedreid.report import load_records
+from server.app import run_server
+from server.checkpoint import load_checkpoint
+from sims.inprocess_grid import InProcessGrid
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+SITES = ["market", "cuhk01", "ilids"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("syn")
+    generate_synthetic8(root, scale=0.05, seed=0, size=(32, 16), sites=SITES, min_test_ids=6, workers=1)
+    return root
+
+
+def tiny_config(root, strategy="fedklpr", rounds=2, extra=()):
+    torch.set_num_threads(1)
+    return load_config([
+        *strategy_overrides(strategy),
+        f"data.root={root}", f"data.sites=[{','.join(SITES)}]", "data.height=32", "data.width=16",
+        f"fl.rounds={rounds}", "train.batch_size=16", "train.max_batches=2", "eval.batch_size=64",
+        "method.capr.eps=0.7", "method.capr.min_samples=2", "prune.step=0.3", "prune.target=0.5",
+        "crr.delta=1.0", "device=cpu", "sim.client_cpus=1", "fl.round_timeout=60", *extra,
+    ])
+
+
+def federation(cfg, state_dir):
+    app = make_client_app(cfg, state_dir=state_dir)
+    return InProcessGrid(app, {100 + i: {"partition-id": i, "num-partitions": len(SITES)}
+                               for i in range(len(SITES))})
+
+
+def test_two_rounds_of_fedklpr(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data)
+    grid = federation(cfg, tmp_path / "state")
+    strategy = run_server(grid, cfg, tmp_path / "run", node_wait_s=1)
+    records = load_records(tmp_path / "run")
+    trains = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "evaluate"]
+    assert [r["round"] for r in trains] == [1, 2]
+    assert [r["round"] for r in evals] == [0, 1, 2]
+    assert all(not r["failures"] for r in trains)
+    # Every site pruned: masks reached the server, and round 2 downloads were sparse.
+    assert set(strategy.state.site_masks) == set(SITES)
+    assert trains[1]["bytes_down"] < trains[0]["bytes_down"]
+    assert trains[1]["bytes_up"] < trains[1]["dense_bytes"] / 2
+    ratios = [s["prune_ratio"] for s in trains[1]["sites"].values()]
+    assert all(0.2 < r <= 0.5 + 1e-6 for r in ratios)
+    w = [s["weight"] for s in trains[1]["sites"].values()]
+    assert sum(w) == pytest.approx(1.0)
+    # Private state persisted per site (context.state and the state file), never sent.
+    for site in SITES:
+        assert (tmp_path / "state" / f"{site}.pt").exists()
+    for msg in grid.sent:
+        keys = set(msg.content.array_records.get("arrays", {}).keys())
+        assert not any(k.startswith(("private", "mask/", "crr/")) for k in keys)
+    assert (tmp_path / "run" / "summary.md").read_text().count("|") > 10
+    assert (tmp_path / "run" / "checkpoints" / "latest.pt").exists()
+
+
+def test_a_failing_site_is_recorded_and_others_aggregated(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, rounds=1, extra=["fl.round_timeout=1"])
+    grid = federation(cfg, tmp_path / "state")
+    grid.dead.add(101)  # cuhk01 never answers
+    run_server(grid, cfg, tmp_path / "run", node_wait_s=1)
+    train = [r for r in load_records(tmp_path / "run") if r["kind"] == "train"][0]
+    assert len(train["sites"]) == 2
+    assert len(train["failures"]) == 1 and "deadline" in train["failures"][0]["reason"]
+
+
+def test_resume_gives_the_same_next_round(tiny_data, tmp_path):
+    cfg2 = tiny_config(tiny_data, rounds=2)
+    full = run_server(federation(cfg2, tmp_path / "a-state"), cfg2, tmp_path / "a", node_wait_s=1)
+
+    cfg1 = tiny_config(tiny_data, rounds=1)
+    grid = federation(cfg1, tmp_path / "b-state")
+    run_server(grid, cfg1, tmp_path / "b", node_wait_s=1)
+    state, _, _ = load_checkpoint(tmp_path / "b")
+    assert state.last_round == 1
+    # "Restart": a fresh grid (empty Context.state) and the same state dir and run dir.
+    resumed = run_server(federation(cfg2, tmp_path / "b-state"), cfg2, tmp_path / "b", resume=True,
+                         node_wait_s=1)
+    for key, value in full.state.global_state.items():
+        np.testing.assert_allclose(resumed.state.global_state[key], value, rtol=1e-5, atol=1e-6,
+                                   err_msg=key)
+    rounds = [r["round"] for r in load_records(tmp_path / "b") if r["kind"] == "train"]
+    assert rounds == [1, 2]
+
+
+@pytest.mark.parametrize("strategy", ["fedcapr", "fedpav", "fedavg"])
+def test_baselines_run_dense(tiny_data, tmp_path, strategy):
+    cfg = tiny_config(tiny_data, strategy=strategy, rounds=1)
+    strat = run_server(federation(cfg, tmp_path / "s"), cfg, tmp_path / "run", node_wait_s=1)
+    train = [r for r in load_records(tmp_path / "run") if r["kind"] == "train"][0]
+    assert len(train["sites"]) == 3 and not train["failures"]
+    assert not strat.state.site_masks  # dense: nothing pruned
+    assert train["bytes_up"] == pytest.approx(train["dense_bytes"] / 2, rel=0.01)
