@@ -78,7 +78,7 @@ def data_synth(
                                 sites=sites.split(",") if sites else None, workers=workers)
     except ValueError as exc:
         _fail(str(exc))
-    console.print(render_spec_table(scale, seed=seed), markup=False, highlight=False)
+    console.print(render_spec_table(scale, seed=seed), markup=False, highlight=False, soft_wrap=True)
     console.print(f"wrote {out} in {time.perf_counter() - started:.1f} s")
 
 

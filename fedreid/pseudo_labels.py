@@ -47,9 +47,9 @@ def cluster_pseudo_labels(
 ) -> PseudoLabels:
     """Cluster features (L2-normalised here) with DBSCAN on the k-reciprocal Jaccard distance.
 
-    DBSCAN gets the sparse Jaccard graph with ``metric="precomputed"``: pairs with no shared
-    neighbours sit at distance 1 and are left out, which changes nothing for eps < 1 and keeps
-    memory linear in N. Deterministic: no random state is involved.
+    DBSCAN gets the sparse Jaccard graph with ``metric="precomputed"``, holding only pairs
+    within eps: the others can never be neighbours, so the clusters are those of the dense
+    matrix, in memory linear in N. Deterministic: no random state is involved.
     """
     f = features.detach() if isinstance(features, torch.Tensor) else torch.as_tensor(features)
     if f.ndim != 2 or f.shape[0] == 0:
@@ -65,7 +65,7 @@ def cluster_pseudo_labels(
     if int(min_samples) < 1:
         raise ValueError(f"min_samples must be >= 1, got {min_samples}")
 
-    graph = jaccard_graph(f, k1=k1, k2=k2)
+    graph = jaccard_graph(f, k1=k1, k2=k2, max_distance=eps)
     labels = DBSCAN(eps=eps, min_samples=int(min_samples), metric="precomputed").fit_predict(graph)
     labels = labels.astype(np.int64)
     inlier = np.flatnonzero(labels >= 0)
@@ -76,9 +76,8 @@ def cluster_pseudo_labels(
     )
     sample_proxy = np.full(len(labels), -1, dtype=np.int64)
     sample_proxy[inlier] = sample_slot.ravel()
-    f_cpu = f.cpu()
     sums = torch.zeros(len(pairs), f.shape[1]).index_add_(
-        0, torch.from_numpy(sample_proxy[inlier]), f_cpu[torch.from_numpy(inlier)]
+        0, torch.from_numpy(sample_proxy[inlier]), f.cpu()[torch.from_numpy(inlier)]
     )
     return PseudoLabels(
         labels=labels,

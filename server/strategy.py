@@ -320,6 +320,27 @@ class FedReIDStrategy(FedAvg):
         if metrics is not None:
             result.evaluate_metrics_clientapp[rnd] = metrics
 
+    def _push(self, grid: Grid, messages: list[Message], phase: str) -> dict[str, Message]:
+        """Push; re-push (bounded by the node wait) what the SuperLink did not store yet.
+
+        A SuperLink silently refuses instructions for nodes it does not consider online
+        (``push_messages`` then returns fewer ids), e.g. right after start-up.
+        """
+        deadline = time.monotonic() + self.node_wait_s
+        todo = list(messages)
+        sent: dict[str, Message] = {}
+        while todo:
+            ids = set(grid.push_messages(todo))
+            for msg in todo:
+                if msg.metadata.message_id in ids:
+                    sent[msg.metadata.message_id] = msg
+            todo = [m for m in todo if m.metadata.message_id not in ids]
+            if not todo or time.monotonic() >= deadline:
+                break
+            log(INFO, "%s: %d instruction(s) not accepted yet; retrying", phase, len(todo))
+            time.sleep(1.0)
+        return sent
+
     def exchange(self, grid: Grid, messages: list[Message], timeout: float, phase: str) -> list[Message]:
         """Push, then pull replies as they arrive until all are in or ``timeout`` passes.
 
@@ -328,8 +349,7 @@ class FedReIDStrategy(FedAvg):
         """
         if not messages:
             return []
-        ids = list(grid.push_messages(messages))
-        sent = {mid: m for mid, m in zip(ids, messages) if mid}
+        sent = self._push(grid, messages, phase)
         pending = set(sent)
         replies: list[Message] = []
         deadline = time.monotonic() + timeout
@@ -353,6 +373,11 @@ class FedReIDStrategy(FedAvg):
                 time.sleep(0.2)
         if pending:
             log(WARNING, "%s: %d site(s) did not reply within %.0f s", phase, len(pending), timeout)
+        for msg in messages:  # never accepted by the SuperLink: fail them explicitly
+            if msg.metadata.message_id not in sent:
+                site = self.state.node_site.get(int(msg.metadata.dst_node_id), "?")
+                reason = f"site {site}: the SuperLink did not accept the instruction (node offline?)"
+                replies.append(Message(Error(code=ErrorCode.NODE_UNAVAILABLE, reason=reason), reply_to=msg))
         for mid in pending:
             site = self.state.node_site.get(int(sent[mid].metadata.dst_node_id), "?")
             reason = f"site {site} did not reply within the round deadline ({timeout:.0f} s)"

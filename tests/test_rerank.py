@@ -235,3 +235,52 @@ def test_kwf_keeps_single_view_outside_top_m_and_without_other_cameras():
 def test_kwf_rejects_unknown_weighting():
     with pytest.raises(ValueError, match="weighting"):
         kwf(KWF_Q, KWF_G, KWF_GCAM, KWF_QCAM, weighting="softmax")
+
+
+def test_jaccard_graph_max_distance_keeps_only_close_pairs():
+    f = normalised_features(7, 100)
+    full, near = jaccard_graph(f), jaccard_graph(f, max_distance=0.5)
+    assert 0 < near.nnz == (full.data <= 0.5).sum() < full.nnz
+    assert (near.data <= 0.5).all()
+    np.testing.assert_array_equal(near.diagonal(), 0.0)
+    coo = near.tocoo()
+    np.testing.assert_array_equal(full.toarray()[coo.row, coo.col], coo.data)
+
+
+def reference_kwf(q, g, g_cams, q_cams, top_m, k, weighting):
+    """KWF as described (reid.md §4(b)), one query and one candidate at a time."""
+    q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    g = g / np.linalg.norm(g, axis=1, keepdims=True)
+    out = 1 - q @ g.T
+    for i in range(len(q)):
+        others = np.flatnonzero(g_cams != q_cams[i])
+        if len(others) == 0:
+            continue
+        for m in np.argsort(-(q[i] @ g.T), kind="stable")[:top_m]:
+            s = g[others] @ g[m]
+            order = np.argsort(-s, kind="stable")[: min(k, len(others))]
+            s = s[order]
+            if weighting == "uniform":
+                w = np.full(len(s), 1 / len(s))
+            elif weighting == "sim":
+                w = s / s.sum()
+            elif weighting == "inv_dist_pow":
+                w = 1 / np.maximum(1 - s, 1e-6) ** 2
+                w = w / w.sum()
+            else:
+                w = np.exp(-(1 - s)) / np.exp(-(1 - s)).sum()
+            out[i, m] = 1 - q[i] @ (w @ g[others[order]])
+    return out
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "sim", "inv_dist_pow", "exp_decay"])
+def test_kwf_equals_per_query_loop(weighting):
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(8, 12))
+    q = centres[rng.integers(0, 8, 60)] + 0.3 * rng.normal(size=(60, 12))
+    g = centres[rng.integers(0, 8, 700)] + 0.3 * rng.normal(size=(700, 12))
+    q_cams, g_cams = rng.integers(0, 3, 60), rng.integers(0, 3, 700)
+    # 60 queries × top 40: the candidates span more than one gallery row block
+    ours = kwf(q, g, g_cams, q_cams, top_m=40, k=4, weighting=weighting)
+    ref = reference_kwf(q, g, g_cams, q_cams, 40, 4, weighting)
+    np.testing.assert_allclose(ours, ref, atol=1e-5)

@@ -12,7 +12,9 @@ def pk_batches(
 
     As BoT's RandomIdentitySampler: each label's indices are shuffled (sampled with
     replacement up to K when it has fewer) and cut into chunks of K; batches draw P labels
-    that still have chunks until fewer than P remain. Labels < 0 (outliers) are skipped.
+    that still have chunks. Unlike BoT, the epoch goes on with smaller batches while at least
+    two labels have chunks left, so a site with fewer than P labels (a small site, or early
+    pseudo-labels with few clusters) still trains. Labels < 0 (outliers) are skipped.
     """
     if batch_size % num_instances:
         raise ValueError(
@@ -32,8 +34,8 @@ def pk_batches(
         chunks[int(label)] = [idx[i * num_instances : (i + 1) * num_instances] for i in range(n_chunks)]
     batches: list[np.ndarray] = []
     available = [k for k, v in chunks.items() if v]
-    while len(available) >= p:
-        picked = rng.choice(len(available), size=p, replace=False)
+    while len(available) >= min(p, 2):
+        picked = rng.choice(len(available), size=min(p, len(available)), replace=False)
         batch = []
         for i in picked:
             batch.append(chunks[available[i]].pop())

@@ -250,7 +250,7 @@ def _feature_encoding(features: Any, k1: int, k2: int) -> sp.csr_matrix:
     near = np.empty((n, stored), dtype=np.float32)
     for lo in range(0, n, _ROW_BLOCK):
         hi = min(n, lo + _ROW_BLOCK)
-        d = sq[lo:hi, None] + sq[None, :] - 2.0 * (f[lo:hi] @ f.T)
+        d = (f[lo:hi] @ f.T).mul_(-2.0).add_(sq[None, :]).add_(sq[lo:hi, None])
         idx = _smallest_k(d, stored)
         nn[lo:hi] = idx.cpu().numpy()
         near[lo:hi] = d.gather(1, idx).cpu().numpy()
@@ -292,25 +292,27 @@ def jaccard_distance(features: Any, k1: int = 20, k2: int = 6) -> np.ndarray:
     return out
 
 
-def jaccard_graph(features: Any, k1: int = 20, k2: int = 6) -> sp.csr_matrix:
-    """:func:`jaccard_distance` as a sparse matrix holding only the pairs closer than 1.
+def jaccard_graph(
+    features: Any, k1: int = 20, k2: int = 6, max_distance: float | None = None
+) -> sp.csr_matrix:
+    """:func:`jaccard_distance` as a sparse matrix holding only the pairs closer than 1, or
+    only those within ``max_distance``.
 
     Pairs whose encodings do not overlap (distance exactly 1) are left out, so DBSCAN with
-    ``metric="precomputed"`` and any eps < 1 finds the same neighbourhoods as on the dense
-    matrix, in memory linear in N. The diagonal is stored, as explicit zeros.
+    ``metric="precomputed"`` and ``eps = max_distance`` (< 1) finds the same neighbourhoods as
+    on the dense matrix, in memory linear in N. The diagonal is stored, as explicit zeros.
     """
     v = _feature_encoding(features, k1, k2)
     n = v.shape[0]
-    rows, cols, vals = [], [], []
+    per_row, cols, vals = [], [], []
     for r0, r1, jac in _jaccard_blocks(v, 0, n, 0):
         jac[np.arange(r1 - r0), np.arange(r0, r1)] = 0.0
-        r, c = np.nonzero(jac < 1.0)
-        rows.append(r + r0)
-        cols.append(c)
+        r, c = np.nonzero(jac < 1.0 if max_distance is None else jac <= max_distance)
+        per_row.append(np.bincount(r, minlength=r1 - r0))
+        cols.append(c.astype(np.int32))
         vals.append(np.clip(jac[r, c], 0.0, 1.0).astype(np.float32))
-    r, c = np.concatenate(rows), np.concatenate(cols)
-    indptr = np.concatenate([[0], np.cumsum(np.bincount(r, minlength=n))])
-    return sp.csr_matrix((np.concatenate(vals), c, indptr), shape=(n, n))
+    indptr = np.concatenate([[0], np.cumsum(np.concatenate(per_row))])
+    return sp.csr_matrix((np.concatenate(vals), np.concatenate(cols), indptr), shape=(n, n))
 
 
 def _kwf_weights(sims: torch.Tensor, weighting: str) -> torch.Tensor:
