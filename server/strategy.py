@@ -115,7 +115,9 @@ class FedReIDStrategy(FedAvg):
             log(WARNING, "proceeding with %d of %d wanted sites after %.0f s",
                 len(nodes), self.min_sites, self.node_wait_s)
         size = max(1, int(round(len(nodes) * fraction)))
-        return sorted(int(n) for n in self.rng.choice(nodes, size=size, replace=False))
+        # Sample positions, not ids: node ids are up to 2**64 and numpy would turn them into floats.
+        picked = self.rng.choice(len(nodes), size=size, replace=False)
+        return sorted(int(nodes[i]) for i in picked)
 
     # ---- train ---------------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

@@ -162,3 +162,16 @@ def test_weightings_sum_to_one(weighting):
     assert w.sum() == pytest.approx(1.0)
     if weighting == "samples":
         np.testing.assert_allclose(w, [0.25, 0.75])
+
+
+def test_sampling_keeps_64_bit_node_ids_exact():
+    """Real node ids reach 2**64 - 1; sampling them through numpy floats would corrupt them."""
+    s = make_strategy(**{"fl.fraction_train": 0.5})
+    nodes = [2**64 - 1, 2**63 + 12345, 16006583747849887001, 7]
+    grid = Mock()
+    grid.get_node_ids.return_value = nodes
+    s.min_sites = 1
+    for _ in range(5):
+        picked = s._sample(grid, 1.0)
+        assert picked == sorted(nodes)
+        assert set(s._sample(grid, 0.5)) <= set(nodes)

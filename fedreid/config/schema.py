@@ -101,7 +101,7 @@ class AggregationConfig:
     weighting: str = "klpwa"  # klpwa | samples | uniform | cdw
     klaw_sign: str = "more_divergence_more_weight"
     praw_form: str = "ratio"  # ratio | density
-    combine: str = "product"  # product | convex
+    combine: str = "convex"  # convex | product (product zeroes a site whose ratio is 0)
     beta: float = 0.5  # KLAW share in the convex mix
     sas: bool = True  # mask-aware averaging (SAS); False = plain weighted average
     share_buffers: bool = True  # False: BN running statistics stay on each site (FedPav)
