@@ -173,15 +173,19 @@ class FederatedSite:
         self.load_global(arrays)
         metrics: dict[str, float] = {}
 
-        # CRR stage 2: judge last round's pruning step on the downloaded model.
+        # CRR compares downloaded models across rounds: the score of this round's download
+        # (stage 2) against the download of the round that pruned (stage 1). Comparing a
+        # download with the site's own trained model would blame aggregation on pruning.
         crr = (CrossRoundRecovery.from_dict(self.state.crr) if self.state.crr else
                CrossRoundRecovery(delta=cfg.crr.delta, halt=cfg.crr.halt,
                                   pause_rounds=cfg.crr.pause_rounds))
+        use_crr = cfg.crr.enabled and cfg.prune.enabled
+        score = self.crr_score() if use_crr else float("nan")
+        if use_crr:
+            metrics["crr_score"] = score
         if crr.pending:
-            score = self.crr_score()
             # A site that cannot score this round (no pseudo-labels) accepts the step.
             decision = crr.check_downloaded(score if np.isfinite(score) else crr.to_dict()["score"])
-            metrics["crr_score"] = score
             metrics["crr_reference"] = decision.reference if decision.reference is not None else float("nan")
             metrics["crr_restored"] = float(decision.action == "restore")
             if decision.action == "restore":
@@ -223,8 +227,7 @@ class FederatedSite:
         )
         metrics["pruned_this_round"] = 0.0
         if may_prune:
-            score = self.crr_score() if cfg.crr.enabled else float("nan")
-            if np.isfinite(score):
+            if use_crr and np.isfinite(score):
                 crr.record_before_pruning(score, shared, self.state.masks)
             new_masks = magnitude_prune(_to_torch(shared), _to_torch(self.state.masks),
                                         step=cfg.prune.step, target=cfg.prune.target,

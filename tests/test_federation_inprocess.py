@@ -112,3 +112,18 @@ def test_baselines_run_dense(tiny_data, tmp_path, strategy):
     assert len(train["sites"]) == 3 and not train["failures"]
     assert not strat.state.site_masks  # dense: nothing pruned
     assert train["bytes_up"] == pytest.approx(train["dense_bytes"] / 2, rel=0.01)
+
+
+def test_crr_restores_the_mask_and_halts_pruning_on_a_score_drop(tiny_data, tmp_path, monkeypatch):
+    """Round 2's download scores far below round 1's: the site undoes the step and stops pruning."""
+    from fedreid.site import FederatedSite
+
+    scores = iter([0.9, 0.1, 0.1, 0.1] * 3)
+    monkeypatch.setattr(FederatedSite, "crr_score", lambda self: next(scores))
+    cfg = tiny_config(tiny_data, rounds=3, extra=["crr.delta=0.05", "data.sites=[market]"])
+    grid = InProcessGrid(make_client_app(cfg, state_dir=tmp_path / "s"), {1: {"partition-id": 0}})
+    run_server(grid, cfg, tmp_path / "run", node_wait_s=1)
+    trains = [r["sites"]["market"] for r in load_records(tmp_path / "run") if r["kind"] == "train"]
+    assert trains[0]["prune_ratio"] > 0 and trains[0]["pruned_this_round"] == 1
+    assert trains[1]["crr_restored"] == 1 and trains[1]["prune_ratio"] == 0 and trains[1]["crr_halted"] == 1
+    assert trains[2]["pruned_this_round"] == 0 and trains[2]["prune_ratio"] == 0

@@ -115,7 +115,7 @@ class CRRConfig:
     halt: str = "forever"  # forever | pause
     pause_rounds: int = 2
     metric: str = "auto"  # auto | map | proxy  (auto: map where the site has labels)
-    restore: str = "backup"  # backup (weights before the step) | refill (only the undone entries)
+    restore: str = "refill"  # refill (keep the download, refill what the step pruned) | backup
 
 
 @dataclass

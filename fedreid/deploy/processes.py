@@ -1,0 +1,275 @@
+"""Command lines for Flower's deployment tools, and starting / waiting for / stopping them.
+
+Flower 1.41 serves the Fleet, Control and Runtime APIs over HTTP(S) on one host:port. The
+SuperLink launches ``flower-superexec`` by bare name (so Flower's ``bin`` folder must be on
+PATH) in a new session, and that runs the ServerApp; each SuperNode does the same for its
+ClientApps. Those children watch their parent's pid, but a parent that is killed and not
+reaped stays a zombie and they never notice — so :func:`stop_tree` collects the whole tree
+first and stops every process by its pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from fedreid.deploy.certs import TlsFiles
+
+# Telemetry and update checks phone home; a site's process must not.
+QUIET_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+NodeValue = str | int | float | bool
+
+
+def flower_bin(name: str) -> str:
+    """The Flower executable installed beside this Python (the venv), else on PATH."""
+    local = Path(sys.executable).parent / name
+    if local.is_file():
+        return str(local)
+    found = shutil.which(name)
+    if found is None:
+        raise ValueError(f"{name} is not installed; install fedreid's dependencies (flwr) in this "
+                         "environment: pip install -e .")
+    return found
+
+
+def flower_env(flwr_home: str | os.PathLike | None = None,
+               base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for Flower processes: quiet, Flower's bin folder first on PATH."""
+    env = dict(os.environ if base is None else base)
+    for key, value in QUIET_ENV.items():
+        env.setdefault(key, value)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    if flwr_home is not None:
+        env["FLWR_HOME"] = str(Path(flwr_home).resolve())
+    return env
+
+
+def check_port(port: int, flag: str = "--port") -> int:
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{flag} {port} is not a TCP port; use a number in 1..65535")
+    return port
+
+
+def superlink_command(*, host: str, port: int, database: Path, tls: TlsFiles | None,
+                      supernode_auth: bool, log_file: Path | None = None) -> list[str]:
+    """``flower-superlink`` with TLS (or ``--insecure`` when ``tls`` is None) and a database.
+
+    Runtime dependency installation stays off: the coordinator runs the app in the
+    environment fedreid is installed in, and may have no package index to install from.
+    """
+    check_port(port)
+    if supernode_auth and tls is None:
+        raise ValueError("--enable-supernode-auth needs TLS; drop --insecure and pass the "
+                         "certificates (see `fedreid certs`)")
+    if str(database) in ("", ":memory:"):
+        raise ValueError("--database must be a file: without it a restarted SuperLink forgets every "
+                         "site and run, and connected sites shut down")
+    cmd = [flower_bin("flower-superlink"), "--host", host, "--port", str(port),
+           "--database", str(Path(database).resolve()), "--disable-runtime-dependency-installation"]
+    if tls is None:
+        cmd.append("--insecure")
+    else:
+        cmd += ["--ssl-certfile", str(tls.server_cert.resolve()), "--ssl-keyfile",
+                str(tls.server_key.resolve()), "--ssl-ca-certfile", str(tls.ca_cert.resolve())]
+    if supernode_auth:
+        cmd.append("--enable-supernode-auth")
+    if log_file is not None:
+        cmd += ["--log-file", str(Path(log_file).resolve())]
+    return cmd
+
+
+def node_config_arg(config: Mapping[str, NodeValue]) -> str:
+    """``key="text" n=3 flag=true``: Flower parses each value as TOML, so strings are quoted."""
+    parts = []
+    for key, value in config.items():
+        if not re.match(r"^[A-Za-z0-9_-]+$", key):
+            raise ValueError(f"node config key {key!r} must use letters, digits, '-' or '_'")
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, (int, float)):
+            text = repr(value)
+        else:
+            if '"' in str(value) or "\\" in str(value):
+                raise ValueError(f"node config {key}={value!r}: Flower cannot pass a value containing "
+                                 "a quote or backslash; rename the folder or use another path")
+            text = f'"{value}"'
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+def supernode_command(*, superlink: str, root_certificates: Path | None, private_key: Path | None,
+                      node_config: Mapping[str, NodeValue], runtime_port: int,
+                      max_retries: int | None = None, max_wait_time: float | None = None) -> list[str]:
+    """``flower-supernode`` for one site (``--insecure`` when ``root_certificates`` is None).
+
+    Without ``max_retries``/``max_wait_time`` Flower retries an unreachable coordinator
+    forever with exponential backoff (at most 20 s between tries) and logs every try.
+    """
+    check_port(runtime_port, "--runtime-port")
+    if ":" not in superlink:
+        raise ValueError(f"--superlink {superlink!r} needs a port, e.g. {superlink}:9092")
+    cmd = [flower_bin("flower-supernode"), "--superlink", superlink,
+           "--port", str(runtime_port), "--node-config", node_config_arg(node_config)]
+    if root_certificates is None:
+        cmd.append("--insecure")
+    else:
+        cmd += ["--root-certificates", str(Path(root_certificates).resolve())]
+    if private_key is not None:
+        cmd += ["--auth-supernode-private-key", str(Path(private_key).resolve())]
+    if max_retries is not None:
+        cmd += ["--max-retries", str(max_retries)]
+    if max_wait_time is not None:
+        cmd += ["--max-wait-time", str(max_wait_time)]
+    return cmd
+
+
+def flwr_command(*args: str) -> list[str]:
+    """A ``flwr`` CLI call (run, ls, log, stop, supernode ...)."""
+    return [flower_bin("flwr"), *args]
+
+
+def flwr_json(args: Sequence[str], env: Mapping[str, str], timeout: float = 120.0) -> dict:
+    """Run a ``flwr ... --format json`` command and return its JSON answer.
+
+    Flower prints the JSON on stdout (and banners around it), and reports errors as
+    ``{"success": false, "error-message": ...}``; both cases raise with Flower's message.
+    """
+    proc = subprocess.run(flwr_command(*args, "--format", "json"), env=dict(env),
+                          capture_output=True, text=True, timeout=timeout, check=False)
+    start, end = proc.stdout.find("{"), proc.stdout.rfind("}")
+    try:
+        answer = json.loads(proc.stdout[start:end + 1]) if start >= 0 else {}
+    except json.JSONDecodeError:
+        answer = {}
+    if proc.returncode != 0 or not answer.get("success", False):
+        reason = answer.get("error-message") or (proc.stderr or proc.stdout).strip()[-2000:]
+        raise RuntimeError(f"`flwr {' '.join(args)}` failed: {reason}")
+    return answer
+
+
+def start_process(cmd: Sequence[str], *, log_file: Path, env: Mapping[str, str]) -> subprocess.Popen:
+    """Start in its own session with stdout+stderr appended to ``log_file``."""
+    log_file = Path(log_file)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as out:
+        return subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, env=dict(env),
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2,
+             proc: subprocess.Popen | None = None) -> float:
+    """Poll until ``predicate()``; returns the seconds it took. Fails early if ``proc`` exits."""
+    started = time.monotonic()
+    while True:
+        if predicate():
+            return time.monotonic() - started
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: the process exited with code {proc.returncode} first")
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"{what}: not reached within {timeout:.0f} s")
+        time.sleep(interval)
+
+
+def log_contains(log_file: Path, pattern: str) -> bool:
+    path = Path(log_file)
+    return path.exists() and re.search(pattern, path.read_text(errors="replace")) is not None
+
+
+def _children() -> dict[int, list[int]]:
+    """ppid → child pids, from /proc (Linux)."""
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        tree.setdefault(ppid, []).append(int(entry))
+    return tree
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, grandchildren ...), parents first."""
+    tree, out, todo = _children(), [], [pid]
+    while todo:
+        for child in tree.get(todo.pop(0), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def stop_tree(proc: subprocess.Popen | int, *, sig: int = signal.SIGTERM, timeout: float = 15.0,
+              extra: Sequence[int] = ()) -> list[int]:
+    """Stop a process and every descendant by pid (``extra``: pids seen earlier, e.g. orphans).
+
+    Sends ``sig`` to all of them, waits up to ``timeout`` s, then SIGKILLs what is left;
+    returns the pids it signalled. A Popen is reaped so its children see it gone.
+    """
+    pid = proc if isinstance(proc, int) else proc.pid
+    pids = [pid, *descendants(pid), *extra]
+    pids = list(dict.fromkeys(p for p in pids if p != os.getpid()))
+    for p in pids:
+        _signal(p, sig)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not isinstance(proc, int):
+            proc.poll()
+        if not any(_alive(p) for p in pids):
+            break
+        time.sleep(0.1)
+    for p in pids:
+        if _alive(p):
+            _signal(p, signal.SIGKILL)
+    if not isinstance(proc, int):
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+    return pids
+
+
+def kill_hard(proc: subprocess.Popen) -> list[int]:
+    """Simulate a crash: SIGKILL the process alone, reap it, return its orphaned descendants."""
+    orphans = descendants(proc.pid)
+    proc.kill()
+    proc.wait()
+    return orphans
