@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(VENV)/bin/fedreid sim --compare fedklpr,fedcapr
+	$(VENV)/bin/fedreid sim --compare fedklpr,fedavg -c sims/configs/demo.yaml
 
 test: install
 	$(PY) -m pytest

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedreid.config import FedReIDConfig, load_config
-from fedreid.config.presets import strategy_overrides
+from fedreid.config.presets import strategy_values
 from fedreid.data.sources import ensure_data_root
 from fedreid.report import compare_runs, run_curves, write_summary
 from fedreid.runlog import make_run_dir
@@ -90,7 +90,7 @@ def run_sim_command(overrides: list[str], *, strategies: list[str], data: Path |
     runs: dict[str, Path] = {}
     started = time.perf_counter()
     for strategy in strategies:
-        cfg = load_config([*strategy_overrides(strategy), *overrides, *extra], config_file)
+        cfg = load_config([*overrides, *extra], config_file, values=strategy_values(strategy))
         root = ensure_data_root(cfg.data.root, sites=cfg.data.sites, synth_scale=cfg.data.synth_scale,
                                 synth_seed=cfg.data.synth_seed, size=(cfg.data.height, cfg.data.width))
         cfg = replace(cfg, data=replace(cfg.data, root=str(root)))

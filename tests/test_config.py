@@ -72,3 +72,19 @@ def test_every_preset_loads(name):
 def test_unknown_strategy():
     with pytest.raises(ValueError, match="fedklpr"):
         strategy_overrides("fedfoo")
+
+
+def test_files_and_overrides_win_over_strategy_presets(tmp_path):
+    from fedreid.config.presets import strategy_values
+
+    f = tmp_path / "exp.yaml"
+    f.write_text("method:\n  name: bot\n")
+    cfg = load_config([], f, values=strategy_values("fedklpr"))
+    assert cfg.method.name == "bot" and cfg.prune.enabled  # file beats preset, preset kept
+    cfg = load_config(["prune.enabled=false"], None, values=strategy_values("fedklpr"))
+    assert not cfg.prune.enabled
+
+
+def test_demo_config_loads():
+    cfg = load_config([], ROOT / "sims" / "configs" / "demo.yaml")
+    assert cfg.method.name == "bot" and cfg.fl.rounds >= 3

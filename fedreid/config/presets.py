@@ -1,6 +1,7 @@
 """Strategies are config presets over one code path: what each baseline switches off.
 
-Applied before user overrides, so ``--strategy fedcapr prune.enabled=true`` still works.
+Applied under the user's config file and overrides, so ``--strategy fedcapr
+prune.enabled=true`` or a YAML file with ``method: {name: bot}`` still wins.
 """
 
 from __future__ import annotations
@@ -36,3 +37,10 @@ def strategy_overrides(strategy: str) -> list[str]:
             f"strategy {strategy!r} is unknown; choose one of {', '.join(STRATEGY_PRESETS)}"
         )
     return [f"fl.strategy={strategy}", *STRATEGY_PRESETS[strategy]]
+
+
+def strategy_values(strategy: str) -> dict:
+    """The preset as a nested dict, for ``load_config(values=...)`` (below files/overrides)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.from_dotlist(strategy_overrides(strategy)))
