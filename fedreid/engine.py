@@ -130,7 +130,7 @@ class SiteTrainer:
         for e in range(epochs):
             epoch = epoch_offset + e
             factor = lr_factor(epoch, cfg.train.warmup_epochs, cfg.train.lr_steps)
-            for g, base in zip(opt.param_groups, base_lrs):
+            for g, base in zip(opt.param_groups, base_lrs, strict=True):
                 g["lr"] = base * factor
             for k, v in self.method.prepare_epoch(epoch).items():
                 totals[f"prep_{k}"] = v  # last epoch's value

@@ -156,7 +156,7 @@ class FedReIDStrategy(FedAvg):
             return None, None
         weights = self._weights(accepted)
         acc = SasAccumulator(self.state.global_state, mask_aware=self.cfg.agg.sas)
-        for reply, w in zip(accepted, weights):
+        for reply, w in zip(accepted, weights, strict=True):
             acc.add(reply.state, reply.masks or None, float(w))
         self.state.global_state = acc.result()
         for reply in accepted:
@@ -247,7 +247,7 @@ class FedReIDStrategy(FedAvg):
                       weights: np.ndarray) -> None:
         self.state.last_round = server_round
         sites = {r.site: {**{k: v for k, v in r.metrics.items()}, "weight": float(w), "bytes_up": r.nbytes}
-                 for r, w in zip(accepted, weights)}
+                 for r, w in zip(accepted, weights, strict=True)}
         record.update({
             "sites": sites,
             "dense_bytes": self._round_dense_down + len(accepted) * record_nbytes(

@@ -8,41 +8,7 @@ import torch
 
 from fedreid.data.records import Sample
 from fedreid.eval import evaluate, extract_features, pairwise_distance, tracklet_features
-
-
-def reference_market1501(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
-    """The widely used per-query loop (torchreid/fast-reid eval_market1501), written out.
-
-    Two deliberate differences: argsort is stable (the reference's default quicksort breaks
-    ties arbitrarily), and a CMC shorter than max_rank (fewer kept items than max_rank, where
-    the reference fails on a ragged array) is padded with its last value, 1.
-    """
-    num_q, num_g = distmat.shape
-    max_rank = min(max_rank, num_g)
-    indices = np.argsort(distmat, axis=1, kind="stable")
-    matches = (g_pids[indices] == q_pids[:, None]).astype(np.int32)
-    all_cmc, all_ap, all_inp = [], [], []
-    for q in range(num_q):
-        order = indices[q]
-        remove = (g_pids[order] == q_pids[q]) & (g_camids[order] == q_camids[q])
-        raw_cmc = matches[q][~remove]
-        if not np.any(raw_cmc):
-            continue
-        cmc = raw_cmc.cumsum()
-        last = np.max(np.where(raw_cmc == 1))
-        all_inp.append(cmc[last] / (last + 1.0))
-        cmc[cmc > 1] = 1
-        cmc = cmc[:max_rank]
-        all_cmc.append(np.pad(cmc, (0, max_rank - len(cmc)), mode="edge"))
-        precision = raw_cmc.cumsum() / (np.arange(len(raw_cmc)) + 1.0)
-        all_ap.append((precision * raw_cmc).sum() / raw_cmc.sum())
-    all_cmc = np.asarray(all_cmc).astype(np.float32)
-    return (
-        all_cmc.sum(0) / len(all_cmc),
-        float(np.mean(all_ap)),
-        float(np.mean(all_inp)),
-        np.asarray(all_ap),
-    )
+from fedreid.eval.reference import reference_market1501
 
 
 def random_problem(seed, ties):

@@ -6,56 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from fedreid.eval.reference import reference_jaccard, reference_re_ranking
 from fedreid.eval.rerank import _smallest_k, jaccard_distance, jaccard_graph, k_reciprocal, kwf
-
-
-def reference_jaccard(original_dist, num_rows, k1, k2):
-    """Jaccard part of the CVPR 2017 algorithm (reid.md §1.3 steps 2-6), dense and looped.
-
-    Rows 0..num_rows-1 against all items. argsort is stable so ties are reproducible.
-    """
-    all_num = original_dist.shape[0]
-    v = np.zeros_like(original_dist, dtype=np.float32)
-    initial_rank = np.argsort(original_dist, axis=1, kind="stable")
-    half = int(np.around(k1 / 2.0))
-    for i in range(all_num):
-        forward = initial_rank[i, : k1 + 1]
-        backward = initial_rank[forward, : k1 + 1]
-        recip = forward[np.where(backward == i)[0]]
-        expansion = recip
-        for cand in recip:
-            c_forward = initial_rank[cand, : half + 1]
-            c_backward = initial_rank[c_forward, : half + 1]
-            c_recip = c_forward[np.where(c_backward == cand)[0]]
-            if len(np.intersect1d(c_recip, recip)) > 2.0 / 3 * len(c_recip):
-                expansion = np.append(expansion, c_recip)
-        expansion = np.unique(expansion)
-        weight = np.exp(-original_dist[i, expansion])
-        v[i, expansion] = weight / np.sum(weight)
-    if k2 != 1:
-        v = np.stack([np.mean(v[initial_rank[i, :k2]], axis=0) for i in range(all_num)])
-    inv_index = [np.where(v[:, k] != 0)[0] for k in range(all_num)]
-    jac = np.zeros((num_rows, all_num), dtype=np.float32)
-    for i in range(num_rows):
-        temp_min = np.zeros(all_num, dtype=np.float32)
-        for k in np.where(v[i] != 0)[0]:
-            items = inv_index[k]
-            temp_min[items] += np.minimum(v[i, k], v[items, k])
-        jac[i] = 1 - temp_min / (2.0 - temp_min)
-    return jac
-
-
-def reference_re_ranking(q_g, q_q, g_g, k1=20, k2=6, lambda_value=0.3):
-    """The CVPR 2017 re-ranking on distance matrices (torchreid's re_ranking), written out."""
-    num_q = q_g.shape[0]
-    dist = np.concatenate(
-        [np.concatenate([q_q, q_g], axis=1), np.concatenate([q_g.T, g_g], axis=1)], axis=0
-    )
-    dist = np.power(dist, 2).astype(np.float32)
-    dist = np.transpose(1.0 * dist / np.max(dist, axis=0))
-    jac = reference_jaccard(dist, num_q, k1, k2)
-    final = jac * (1 - lambda_value) + dist[:num_q] * lambda_value
-    return final[:, num_q:]
 
 
 def clustered(seed, n, dim=16, groups=10, noise=0.5):

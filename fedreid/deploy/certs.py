@@ -102,7 +102,7 @@ def _name(common_name: str) -> x509.Name:
 
 def _create_ca(folder: Path, days: int) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP384R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(_name("fedreid federation CA"))
@@ -144,7 +144,7 @@ def create_certificates(out_dir: str | os.PathLike, hosts: Sequence[str], *, day
     have_ca = (folder / CA_CERT).is_file() and (folder / CA_KEY).is_file()
     ca_cert, ca_key = _load_ca(folder) if have_ca and not new_ca else _create_ca(folder, days)
     key = ec.generate_private_key(ec.SECP384R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     not_after = min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc)
     cert = (
         x509.CertificateBuilder()

@@ -53,8 +53,8 @@ class ReidMethod(ABC):
     def loss(self, out: BatchOutput) -> tuple[torch.Tensor, dict[str, float]]:
         """The method's loss on one batch and its parts (for logging)."""
 
-    def after_step(self, out: BatchOutput) -> None:
-        """Hook after the optimiser step (memory updates, centre-loss step)."""
+    def after_step(self, out: BatchOutput) -> None:  # noqa: B027 - optional hook
+        """Hook after the optimiser step (memory updates, centre-loss step); default: none."""
 
     def param_groups(self) -> list[dict]:
         """Parameters the main optimiser trains: the shared net and the private heads."""

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from fedreid.eval import k_reciprocal
+from fedreid.eval.reference import reference_re_ranking
 
 
 def _status_mb(key: str) -> float:
@@ -48,57 +49,6 @@ def measure(fn: Callable[[], Any]) -> tuple[Any, float, float]:
     out = fn()
     seconds = time.perf_counter() - t0
     return out, seconds, _status_mb("VmHWM") - base
-
-
-def reference_re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3):
-    """The dense CVPR 2017 algorithm (reid.md §1.3), looped as in the published code."""
-    query_num = q_g_dist.shape[0]
-    original_dist = np.concatenate(
-        [
-            np.concatenate([q_q_dist, q_g_dist], axis=1),
-            np.concatenate([q_g_dist.T, g_g_dist], axis=1),
-        ],
-        axis=0,
-    )
-    original_dist = np.power(original_dist, 2).astype(np.float32)
-    original_dist = np.transpose(1.0 * original_dist / np.max(original_dist, axis=0))
-    all_num = original_dist.shape[0]
-    v = np.zeros_like(original_dist).astype(np.float32)
-    initial_rank = np.argsort(original_dist, axis=1, kind="stable").astype(np.int32)
-    half = int(np.around(k1 / 2.0))
-    for i in range(all_num):
-        forward = initial_rank[i, : k1 + 1]
-        backward = initial_rank[forward, : k1 + 1]
-        recip = forward[np.where(backward == i)[0]]
-        expansion = recip
-        for cand in recip:
-            c_forward = initial_rank[cand, : half + 1]
-            c_backward = initial_rank[c_forward, : half + 1]
-            c_recip = c_forward[np.where(c_backward == cand)[0]]
-            if len(np.intersect1d(c_recip, recip)) > 2.0 / 3 * len(c_recip):
-                expansion = np.append(expansion, c_recip)
-        expansion = np.unique(expansion)
-        weight = np.exp(-original_dist[i, expansion])
-        v[i, expansion] = 1.0 * weight / np.sum(weight)
-    original_dist = original_dist[:query_num]
-    if k2 != 1:
-        v_qe = np.zeros_like(v, dtype=np.float32)
-        for i in range(all_num):
-            v_qe[i, :] = np.mean(v[initial_rank[i, :k2], :], axis=0)
-        v = v_qe
-        del v_qe
-    del initial_rank
-    inv_index = [np.where(v[:, i] != 0)[0] for i in range(all_num)]
-    jaccard = np.zeros_like(original_dist, dtype=np.float32)
-    for i in range(query_num):
-        temp_min = np.zeros(shape=[1, all_num], dtype=np.float32)
-        non_zero = np.where(v[i, :] != 0)[0]
-        for k in non_zero:
-            items = inv_index[k]
-            temp_min[0, items] = temp_min[0, items] + np.minimum(v[i, k], v[items, k])
-        jaccard[i] = 1 - temp_min / (2.0 - temp_min)
-    final = jaccard * (1 - lambda_value) + original_dist * lambda_value
-    return final[:query_num, query_num:]
 
 
 def distance_blocks(num_q: int, num_g: int, seed: int = 0):
