@@ -8,7 +8,7 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test test-slow lint bench
+.PHONY: install demo test test-slow lint
 
 install: $(STAMP)
 

@@ -26,7 +26,7 @@ from fedreid.data.records import ReidSplits
 from fedreid.data.store import ImageStore
 from fedreid.eval import evaluate
 from fedreid.eval.features import extract_features, pairwise_distance, tracklet_features
-from fedreid.eval.rerank import k_reciprocal
+from fedreid.eval.rerank import k_reciprocal, kwf
 from fedreid.losses import kl_feature_loss
 from fedreid.methods import BatchOutput, ReidMethod, get_method
 from fedreid.methods.batches import eval_batches
@@ -222,6 +222,9 @@ class SiteTrainer:
             gg = pairwise_distance(gf, gf, metric="cosine")
             rr = k_reciprocal(dist, np.asarray(qq), np.asarray(gg))
             res.update({f"rr_{k}": v for k, v in _summarise(evaluate(rr, q_pids, g_pids, q_cams, g_cams)).items()})
+        if self.cfg.eval.kwf:
+            fused = kwf(qf, gf, g_cams, q_cams)
+            res.update({f"kwf_{k}": v for k, v in _summarise(evaluate(fused, q_pids, g_pids, q_cams, g_cams)).items()})
         return res
 
     @torch.no_grad()

@@ -42,8 +42,9 @@ def test_bot_learns_on_a_tiny_site(tiny_site):
     assert set(trainer.method.private_state()) >= {"head.weight", "center.centers"}
     # private modules never appear in what is shared
     assert not any(k.startswith(("head", "center", "private")) for k in shared_state_dict(trainer.model))
+    trainer.cfg.eval.kwf = True
     res = trainer.evaluate(rerank=True)
-    assert 0 <= res["mAP"] <= 1 and 0 <= res["rr_mAP"] <= 1
+    assert 0 <= res["mAP"] <= 1 and 0 <= res["rr_mAP"] <= 1 and 0 <= res["kwf_mAP"] <= 1
 
 
 def test_capr_clusters_and_trains(tiny_site):

@@ -137,7 +137,8 @@ class FLConfig:
 class EvalConfig:
     every: int = 1  # evaluate every N rounds/epochs
     flip: bool = True
-    rerank: bool = False
+    rerank: bool = False  # also report k-reciprocal re-ranked results (rr_*)
+    kwf: bool = False  # also report K-nearest weighted fusion re-ranked results (kwf_*)
     batch_size: int = 128
 
 
