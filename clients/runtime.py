@@ -8,7 +8,6 @@ site continues where it stopped. Nothing private is put in a reply.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,8 +102,16 @@ def save_state(context: Context, ident: SiteIdentity, state: SiteState) -> None:
         state.save(ident.state_file)
 
 
-def _limit_threads(cfg: FedReIDConfig) -> None:
-    threads = max(1, int(cfg.sim.client_cpus)) if cfg.sim.client_cpus else os.cpu_count() or 1
+def _limit_threads(cfg: FedReIDConfig, context: Context) -> None:
+    """Simulated sites share the machine: each uses its Ray CPU share. A deployed site uses
+    all its cores unless its node config says ``num-threads``."""
+    node = dict(context.node_config)
+    if "num-threads" in node:
+        threads = int(node["num-threads"])
+    elif "partition-id" in node:
+        threads = max(1, int(cfg.sim.client_cpus))
+    else:
+        return
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
 
@@ -124,7 +131,7 @@ def _reply(msg: Message, arrays: dict[str, np.ndarray] | None, metrics: dict[str
 def handle_train(msg: Message, context: Context, base: FedReIDConfig | None = None,
                  state_dir: Path | None = None) -> Message:
     cfg = config_for(context, base)
-    _limit_threads(cfg)
+    _limit_threads(cfg, context)
     ident = identify(cfg, context, state_dir)
     started = time.perf_counter()
     site = FederatedSite(cfg, site_data(cfg, ident), load_state(context, ident))
@@ -139,7 +146,7 @@ def handle_train(msg: Message, context: Context, base: FedReIDConfig | None = No
 def handle_evaluate(msg: Message, context: Context, base: FedReIDConfig | None = None,
                     state_dir: Path | None = None) -> Message:
     cfg = config_for(context, base)
-    _limit_threads(cfg)
+    _limit_threads(cfg, context)
     ident = identify(cfg, context, state_dir)
     site = FederatedSite(cfg, site_data(cfg, ident), load_state(context, ident))
     arrays = record_to_arrays(msg.content["arrays"])
