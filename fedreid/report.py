@@ -115,14 +115,14 @@ def compare_runs(runs: dict[str, Path], out_dir: Path) -> str:
     rows = []
     for name, c in curves.items():
         if not c["rounds"]:
-            rows.append([name, "—", "—", "—", "—", "—", "—"])
+            rows.append([name, *["—"] * 7])
             continue
         total = c["bytes_up"] + c["bytes_down"]
         reduction = (1 - total / base_bytes) if base_bytes else float("nan")
-        rows.append([name, c["mAP"][0], c["mAP"][-1], c["rank1"][-1], c["bytes_up"], c["bytes_down"],
-                     f"{100 * reduction:.1f}%" if name != base_name else "—"])
+        rows.append([name, c["mAP"][0], c["mAP"][-1], c["rank1"][-1], c["personal_mAP"][-1],
+                     c["bytes_up"], c["bytes_down"], f"{100 * reduction:.1f}%" if name != base_name else "—"])
     headers = ["strategy", "mean mAP round 0", "mean mAP final", "mean Rank-1 final",
-               "bytes up", "bytes down", f"bytes saved vs {base_name}"]
+               "personal mAP final", "bytes up", "bytes down", f"bytes saved vs {base_name}"]
     per_site = _per_site_table(curves)
     text = "# Strategy comparison\n\n" + markdown_table(headers, rows) + "\n## Final mAP per site\n\n" + per_site
     (out_dir / "comparison.md").write_text(text)
