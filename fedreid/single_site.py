@@ -22,7 +22,7 @@ def train_single_site(cfg: FedReIDConfig, site: str, console: Console | None = N
     torch.manual_seed(cfg.seed)
     size = (cfg.data.height, cfg.data.width)
     root = ensure_data_root(cfg.data.root, sites=[site], synth_scale=cfg.data.synth_scale,
-                            synth_seed=cfg.data.synth_seed, size=size)
+                            synth_seed=cfg.data.synth_seed)
     data = load_site(root / site, cfg.data.dataset, size, seed=cfg.seed)
     trainer = SiteTrainer(cfg, data)
     run_dir = run_dir or make_run_dir(cfg.run_dir, f"train-{site}-{cfg.method.name}")

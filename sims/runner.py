@@ -77,6 +77,21 @@ def simulate(cfg: FedReIDConfig, run_dir: Path, *, resume: bool = False,
     return run_dir
 
 
+def _data_root(cfg: FedReIDConfig, console: Console) -> Path:
+    """The data folder; synthetic-8 is generated (and its table shown) on first use."""
+    fresh = not Path(cfg.data.root).exists()
+    if fresh:
+        console.print(f"generating synthetic-8 into {cfg.data.root} (first use)…")
+    root = ensure_data_root(cfg.data.root, sites=cfg.data.sites, synth_scale=cfg.data.synth_scale,
+                            synth_seed=cfg.data.synth_seed)
+    if fresh:
+        from fedreid.data.synth import render_spec_table
+
+        console.print(render_spec_table(cfg.data.synth_scale, seed=cfg.data.synth_seed),
+                      markup=False, highlight=False, soft_wrap=True)
+    return root
+
+
 def run_sim_command(overrides: list[str], *, strategies: list[str], data: Path | None,
                     resume: Path | None, config_file: Path | None, console: Console) -> Path:
     """What `fedreid sim` does: resolve configs, generate data if needed, run, summarise."""
@@ -91,8 +106,7 @@ def run_sim_command(overrides: list[str], *, strategies: list[str], data: Path |
     started = time.perf_counter()
     for strategy in strategies:
         cfg = load_config([*overrides, *extra], config_file, values=strategy_values(strategy))
-        root = ensure_data_root(cfg.data.root, sites=cfg.data.sites, synth_scale=cfg.data.synth_scale,
-                                synth_seed=cfg.data.synth_seed, size=(cfg.data.height, cfg.data.width))
+        root = _data_root(cfg, console)
         cfg = replace(cfg, data=replace(cfg.data, root=str(root)))
         if base is None:
             base = make_run_dir(cfg.run_dir, "sim-" + "-vs-".join(strategies))

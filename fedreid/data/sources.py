@@ -10,11 +10,13 @@ SYNTHETIC_MARKER = "synthetic-8.json"
 
 
 def ensure_data_root(root: str | Path, *, sites: list[str], synth_scale: float, synth_seed: int,
-                     size: tuple[int, int], generate: bool = True) -> Path:
+                     generate: bool = True) -> Path:
     """Return ``root``; generate synthetic-8 there if it is absent and ``generate`` allows.
 
     A folder that exists is used as it is (real data in the FedReID layout, or an earlier
-    generation). Each site must be a sub-folder ``root/<site>``.
+    generation). Each site must be a sub-folder ``root/<site>``. synthetic-8 is always
+    rendered at its native 128×64; a run's input size only resizes on loading, so one
+    generated folder serves every experiment.
     """
     path = Path(root).expanduser().resolve()
     if not path.exists():
@@ -25,7 +27,7 @@ def ensure_data_root(root: str | Path, *, sites: list[str], synth_scale: float, 
             )
         from fedreid.data.synth import generate_synthetic8
 
-        generate_synthetic8(path, scale=synth_scale, seed=synth_seed, size=size)
+        generate_synthetic8(path, scale=synth_scale, seed=synth_seed)
     missing = [s for s in sites if not (path / s).is_dir()]
     if missing:
         have = sorted(p.name for p in path.iterdir() if p.is_dir())

@@ -44,7 +44,7 @@ def main() -> None:
     for name, switch in VARIANTS.items():
         cfg = load_config([*strategy_overrides("fedklpr"), *args.overrides, *switch])
         root = ensure_data_root(cfg.data.root, sites=cfg.data.sites, synth_scale=cfg.data.synth_scale,
-                                synth_seed=cfg.data.synth_seed, size=(cfg.data.height, cfg.data.width))
+                                synth_seed=cfg.data.synth_seed)
         cfg = replace(cfg, data=replace(cfg.data, root=str(root)))
         run_dir = out / name.replace(" ", "-").replace("(", "").replace(")", "")
         started = time.perf_counter()

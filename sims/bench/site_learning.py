@@ -37,7 +37,7 @@ def main() -> None:
     h, w = (int(v) for v in args.size.split("x"))
     sites = args.sites.split(",")
     methods = args.methods.split(",")
-    root = ensure_data_root(args.data, sites=sites, synth_scale=1.0, synth_seed=0, size=(128, 64))
+    root = ensure_data_root(args.data, sites=sites, synth_scale=1.0, synth_seed=0)
     rows = []
     started = time.perf_counter()
     for site in sites:
