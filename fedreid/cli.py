@@ -13,6 +13,7 @@ from rich.console import Console
 
 from fedreid.config import ConfigError, config_to_yaml, load_config
 from fedreid.data.records import DataError
+from fedreid.deploy.cli import certs, keys_app, server_app, site_app
 
 app = typer.Typer(
     help="Federated person re-identification (FedKLPR on Flower).",
@@ -23,6 +24,10 @@ app = typer.Typer(
 data_app = typer.Typer(help="Benchmark data: generate synthetic-8, validate real folders.",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(server_app, name="server")
+app.add_typer(site_app, name="site")
+app.add_typer(keys_app, name="keys")
+app.command("certs")(certs)
 console = Console()
 
 Overrides = Annotated[list[str] | None, typer.Argument(help="Config overrides, key=value (see `fedreid config`).")]

@@ -7,17 +7,19 @@ the simulation harness builds its own with ``make_server_app``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from logging import INFO
 from pathlib import Path
 
 import numpy as np
 import torch
 from flwr.app import Context
+from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from fedreid.config import FedReIDConfig, from_flat, write_run_config
 from fedreid.models import build_model, shared_state_dict
 from fedreid.report import RunRecorder, write_summary
-from server.checkpoint import load_checkpoint, save_checkpoint
+from server.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from server.strategy import FedReIDStrategy, ProgressFn
 
 
@@ -61,6 +63,11 @@ def run_server(grid: Grid, cfg: FedReIDConfig, run_dir: Path, *, resume: bool = 
     return strategy
 
 
+def log_progress(phase: str, done: int, total: int, site: str) -> None:
+    """Deployed runs: one log line per reply, which `flwr log` / `fedreid server run` show."""
+    log(INFO, "%s: %d/%d site(s) replied%s", phase, done, total, f" (last: {site})" if site else "")
+
+
 def make_server_app(cfg: FedReIDConfig | None = None, run_dir: Path | None = None, *,
                     resume: bool = False, progress: ProgressFn | None = None) -> ServerApp:
     server = ServerApp()
@@ -68,8 +75,13 @@ def make_server_app(cfg: FedReIDConfig | None = None, run_dir: Path | None = Non
     @server.main()
     def main(grid: Grid, context: Context) -> None:
         conf = cfg if cfg is not None else from_flat(dict(context.run_config))
-        folder = run_dir or Path(conf.run_dir).resolve() / f"flwr-{context.run_id}"
-        run_server(grid, conf, folder, resume=resume, progress=progress)
+        folder, resuming = run_dir, resume
+        if folder is None and conf.fl.resume_dir:
+            # `fedreid server run --resume DIR`: a new Flower run continues the old folder.
+            folder = Path(conf.fl.resume_dir)
+            resuming = checkpoint_path(folder).exists()
+        folder = folder or Path(conf.run_dir).resolve() / f"flwr-{context.run_id}"
+        run_server(grid, conf, folder, resume=resuming, progress=progress or log_progress)
 
     return server
 

@@ -131,6 +131,7 @@ class FLConfig:
     min_sites: int = 0  # 0 = every site of the federation must be connected to start a round
     round_timeout: float = 3600.0  # seconds a round waits for replies
     last_round_epochs: int = 0  # extra local epochs in the last round (FedCAPR uses 50)
+    resume_dir: str = ""  # deployed runs: run folder of a crashed run to continue (server run --resume)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -204,7 +205,7 @@ def check_public_key(path: str | os.PathLike) -> ec.EllipticCurvePublicKey:
         raise ValueError(f"public key {path} does not exist; create it with `fedreid keys create SITE`")
     try:
         key = serialization.load_ssh_public_key(path.read_bytes())
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise ValueError(f"{path} is not an OpenSSH public key ({exc}); pass the site's .pub file") from exc
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise ValueError(f"{path} is not an EC key; Flower's SuperNode authentication needs an "
@@ -220,7 +221,7 @@ def check_private_key(path: str | os.PathLike) -> None:
                          f"{path.parent}` and register its .pub with the coordinator")
     try:
         key = serialization.load_ssh_private_key(path.read_bytes(), password=None)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise ValueError(f"--key {path} is not an unencrypted OpenSSH private key ({exc})") from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ValueError(f"--key {path} is not an EC key; create one with `fedreid keys create`")

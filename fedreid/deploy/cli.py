@@ -21,7 +21,7 @@ from fedreid.data.records import DataError
 from fedreid.deploy import certs as certs_mod
 from fedreid.deploy import processes, run_status, sharing
 
-console = Console()
+console = Console(soft_wrap=True)  # long paths stay on one line, copy-pastable
 server_app = typer.Typer(help="Coordinator: start the SuperLink, submit and follow runs.",
                          no_args_is_help=True)
 site_app = typer.Typer(help="A camera site: check its data, join the federation.", no_args_is_help=True)
@@ -149,7 +149,7 @@ def _tls_files(certs_dir: Path, certfile: Path | None, keyfile: Path | None,
         if not all(explicit):
             _fail("pass all of --ssl-certfile, --ssl-keyfile and --ssl-ca-certfile, or none of them "
                   "(then --certs is used)")
-        for flag, path in zip(("--ssl-certfile", "--ssl-keyfile", "--ssl-ca-certfile"), explicit):
+        for flag, path in zip(("--ssl-certfile", "--ssl-keyfile", "--ssl-ca-certfile"), explicit, strict=True):
             if not Path(path).is_file():
                 _fail(f"{flag} {path} does not exist")
         return certs_mod.TlsFiles(ca_certfile, certfile, keyfile)  # type: ignore[arg-type]
@@ -294,7 +294,9 @@ def server_run(
         except TimeoutError as exc:
             _fail(str(exc), code=3)
         except RuntimeError as exc:
-            _fail(f"lost track of run {run_id}: {exc}", code=1)
+            _fail(f"lost contact with the SuperLink during run {run_id}: {exc}\nIf the coordinator "
+                  "crashed, restart it (`fedreid server start`, same --database) and continue with "
+                  f"`fedreid server run --resume {folder}`", code=1)
     status = info.get("status")
     if status != run_status.COMPLETED:
         _fail(f"run {run_id} ended as {status}: {info.get('status-details')}. Its log: "
@@ -399,7 +401,7 @@ def site_join(
              f"{max_wait_time if max_wait_time is not None else '∞'} s")
     console.print(f"site {site} → coordinator {superlink}; private state in {state}. If the "
                   f"coordinator is unreachable the SuperNode retries with exponential backoff "
-                  f"({limit}) and logs each try.", highlight=False)
+                  f"({limit}) and logs each try.", highlight=False, soft_wrap=True)
     _exec(cmd, processes.flower_env(flwr_home or state / ".flwr"), dry_run)
 
 

@@ -5,7 +5,7 @@ SuperLink launches ``flower-superexec`` by bare name (so Flower's ``bin`` folder
 PATH) in a new session, and that runs the ServerApp; each SuperNode does the same for its
 ClientApps. Those children watch their parent's pid, but a parent that is killed and not
 reaped stays a zombie and they never notice — so :func:`stop_tree` collects the whole tree
-first and stops every process by its pid.
+first and stops every process by its pid (checked against its start time: pids are reused).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from fedreid.deploy.certs import TlsFiles
@@ -148,8 +149,11 @@ def flwr_json(args: Sequence[str], env: Mapping[str, str], timeout: float = 120.
     Flower prints the JSON on stdout (and banners around it), and reports errors as
     ``{"success": false, "error-message": ...}``; both cases raise with Flower's message.
     """
-    proc = subprocess.run(flwr_command(*args, "--format", "json"), env=dict(env),
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    try:
+        proc = subprocess.run(flwr_command(*args, "--format", "json"), env=dict(env),
+                              capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"`flwr {' '.join(args)}` got no answer within {timeout:.0f} s") from exc
     start, end = proc.stdout.find("{"), proc.stdout.rfind("}")
     try:
         answer = json.loads(proc.stdout[start:end + 1]) if start >= 0 else {}
@@ -197,77 +201,96 @@ def log_contains(log_file: Path, pattern: str) -> bool:
     return path.exists() and re.search(pattern, path.read_text(errors="replace")) is not None
 
 
-def _children() -> dict[int, list[int]]:
-    """ppid → child pids, from /proc (Linux)."""
-    tree: dict[int, list[int]] = {}
+@dataclass(frozen=True)
+class ProcessRef:
+    """A process by pid *and* start time, so a pid the kernel has reused is never signalled."""
+
+    pid: int
+    started: int  # clock ticks after boot (/proc/<pid>/stat field 22)
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The /proc/<pid>/stat fields after the command name (state, ppid, ...), or None."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_ref(pid: int) -> ProcessRef | None:
+    fields = _stat(pid)
+    return ProcessRef(pid, int(fields[19])) if fields else None
+
+
+def descendants(pid: int) -> list[ProcessRef]:
+    """Every process below ``pid`` (children, grandchildren ...), parents first (Linux /proc)."""
+    children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        tree.setdefault(ppid, []).append(int(entry))
-    return tree
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (children, grandchildren ...), parents first."""
-    tree, out, todo = _children(), [], [pid]
+        fields = _stat(int(entry)) if entry.isdigit() else None
+        if fields:
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    out, todo = [], [pid]
     while todo:
-        for child in tree.get(todo.pop(0), []):
-            out.append(child)
+        for child in children.get(todo.pop(0), []):
+            ref = process_ref(child)
+            if ref:
+                out.append(ref)
             todo.append(child)
     return out
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+def _same(ref: ProcessRef) -> bool:
+    fields = _stat(ref.pid)
+    return fields is not None and int(fields[19]) == ref.started
 
 
-def _signal(pid: int, sig: int) -> None:
+def alive(ref: ProcessRef) -> bool:
+    """Running (not exited, not a zombie) and still the same process."""
+    fields = _stat(ref.pid)
+    return fields is not None and int(fields[19]) == ref.started and fields[0] != "Z"
+
+
+def _signal(ref: ProcessRef, sig: int) -> None:
+    if not _same(ref):
+        return
     try:
-        os.kill(pid, sig)
+        os.kill(ref.pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
 
 
-def stop_tree(proc: subprocess.Popen | int, *, sig: int = signal.SIGTERM, timeout: float = 15.0,
-              extra: Sequence[int] = ()) -> list[int]:
-    """Stop a process and every descendant by pid (``extra``: pids seen earlier, e.g. orphans).
+def stop_tree(proc: subprocess.Popen | ProcessRef, *, sig: int = signal.SIGTERM, timeout: float = 15.0,
+              extra: Sequence[ProcessRef] = ()) -> list[ProcessRef]:
+    """Stop a process and every descendant (``extra``: processes seen earlier, e.g. orphans).
 
     Sends ``sig`` to all of them, waits up to ``timeout`` s, then SIGKILLs what is left;
-    returns the pids it signalled. A Popen is reaped so its children see it gone.
+    returns what it signalled. A Popen is reaped so its children see it gone.
     """
-    pid = proc if isinstance(proc, int) else proc.pid
-    pids = [pid, *descendants(pid), *extra]
-    pids = list(dict.fromkeys(p for p in pids if p != os.getpid()))
-    for p in pids:
-        _signal(p, sig)
+    root = process_ref(proc.pid) if isinstance(proc, subprocess.Popen) else proc
+    tree = [root, *descendants(root.pid)] if root is not None and _same(root) else []
+    refs = [*tree, *extra]
+    refs = list(dict.fromkeys(r for r in refs if r.pid != os.getpid()))
+    for ref in refs:
+        _signal(ref, sig)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not isinstance(proc, int):
+        if isinstance(proc, subprocess.Popen):
             proc.poll()
-        if not any(_alive(p) for p in pids):
+        if not any(alive(r) for r in refs):
             break
         time.sleep(0.1)
-    for p in pids:
-        if _alive(p):
-            _signal(p, signal.SIGKILL)
-    if not isinstance(proc, int):
+    for ref in refs:
+        if alive(ref):
+            _signal(ref, signal.SIGKILL)
+    if isinstance(proc, subprocess.Popen):
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
-    return pids
+    return refs
 
 
-def kill_hard(proc: subprocess.Popen) -> list[int]:
+def kill_hard(proc: subprocess.Popen) -> list[ProcessRef]:
     """Simulate a crash: SIGKILL the process alone, reap it, return its orphaned descendants."""
     orphans = descendants(proc.pid)
     proc.kill()
