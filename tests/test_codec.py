@@ -9,7 +9,14 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes
 
 from fedreid.fl.accounting import ByteLedger, serialized_nbytes
-from fedreid.fl.codec import decode_sparse, encode_sparse, validate_encoded
+from fedreid.fl.codec import (
+    decode_masks,
+    decode_sparse,
+    encode_sparse,
+    npy_view,
+    split_encoded,
+    validate_encoded,
+)
 
 F32 = np.float32
 shapes = array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=6)
@@ -238,3 +245,61 @@ def test_decode_rejects_bad_shape_array():
     for bad in (np.array([-3, -5], np.int64), np.array([[3, 5]], np.int64), np.array([3.0, 5.0])):
         with pytest.raises(ValueError, match="shape must be"):
             decode_sparse({**arrays, "conv.weight::shape": bad})
+
+
+# ----- npy_view: Flower's Array payload read without copies -------------------------------
+
+
+@pytest.mark.parametrize(
+    "arr",
+    [
+        np.arange(6, dtype=F32).reshape(2, 3),
+        np.array(5, np.int64),
+        np.zeros((3, 0, 2), F32),
+        np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+        np.arange(7, dtype=np.float16),
+        np.array([True, False]),
+        np.arange(5, dtype=">i4"),
+        np.packbits(np.ones(13, bool)),
+        np.array([(1, 2.0)], dtype=[("a", "i4"), ("b", "f8")]),  # falls back to np.load
+    ],
+    ids=lambda a: f"{a.dtype}{a.shape}",
+)
+def test_npy_view_matches_np_load(arr):
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    data = buf.getvalue()
+    view = npy_view(data)
+    want = np.load(io.BytesIO(data), allow_pickle=False)
+    assert view.dtype == want.dtype and view.shape == want.shape
+    np.testing.assert_array_equal(view, want)
+    if arr.dtype.names is None:
+        assert not view.flags.writeable  # a view of the payload, not a copy
+    with pytest.raises(ValueError):
+        npy_view(data[:-1] if arr.size else data[:20])
+
+
+def test_split_encoded_and_decode_masks():
+    state, masks = state_and_masks((3, 5), "random", 3)
+    arrays = encode_sparse(state, masks)
+    dense, sparse = split_encoded(arrays)
+    assert set(dense) == {"bn.weight", "bn.num_batches_tracked"} and set(sparse) == {"conv.weight"}
+    sp = sparse["conv.weight"]
+    assert sp.shape == (3, 5) and sp.values is arrays["conv.weight::values"]
+    np.testing.assert_array_equal(decode_masks(arrays)["conv.weight"], masks["conv.weight"])
+    # Decoding ignores the padding bits (the validator reports them), as it always did.
+    padded = {
+        **arrays,
+        "conv.weight::bits": arrays["conv.weight::bits"] | np.array([0, 1], np.uint8),
+    }
+    np.testing.assert_array_equal(decode_masks(padded)["conv.weight"], masks["conv.weight"])
+    with pytest.raises(ValueError, match="bitmap keeps"):
+        split_encoded({**arrays, "conv.weight::values": arrays["conv.weight::values"][1:]})
+
+
+def test_validator_accepts_finite_values_whose_sum_overflows():
+    arrays, shapes_, declared = valid_reply()
+    v = np.full(arrays["conv.weight::values"].size, 3e38, F32)
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(v.sum())  # the one-pass check overflows, falls back to min/max
+    assert validate_encoded({**arrays, "conv.weight::values": v}, shapes_, declared) == []

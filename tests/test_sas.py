@@ -155,3 +155,84 @@ def test_matches_float64_reference_on_random_data():
     den = np.tensordot(a, m, axes=1)
     ref = np.where(den > 0, np.tensordot(a, m * t, axes=1) / np.where(den > 0, den, 1), g["w"])
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+
+
+# ----- add_encoded: folding the wire form must equal decoding and then adding, bit for bit ---
+
+
+def encoded_sites(value_dtype):
+    """Three sites over tensors that span several gather blocks, with the awkward cases: a
+    site that sends a masked tensor dense (it kept all), an all-pruned tensor, an empty one,
+    a float64 tensor and an integer buffer."""
+    from fedreid.fl.codec import encode_sparse
+    from fedreid.fl.sas import _GATHER
+
+    rng = np.random.default_rng(5)
+    shapes = {"big": (2 * _GATHER + 13,), "conv": (7, 3, 3, 3), "empty": (0, 3), "f64": (9,)}
+    g = {k: rng.standard_normal(s).astype(F32) for k, s in shapes.items()}
+    g["f64"] = g["f64"].astype(np.float64)
+    g["nbt"] = np.array(3, np.int64)
+    sites = []
+    for k in range(3):
+        masks = {name: rng.random(s) < 0.4 for name, s in shapes.items()}
+        if k != 1:
+            masks["conv"][...] = False  # all pruned at sites 0 and 2
+        state = {
+            name: (rng.standard_normal(s) * masks[name]).astype(g[name].dtype)
+            for name, s in shapes.items()
+        }
+        state["big"][np.flatnonzero(masks["big"])[:3]] = -0.0  # kept signed zeros
+        state["nbt"] = np.array(10 * k, np.int64)
+        if k == 0:
+            del masks["big"]  # sent dense: the denominator starts at site 1
+        sites.append(encode_sparse(state, masks, value_dtype=value_dtype))
+    return g, sites
+
+
+@pytest.mark.parametrize("mask_aware", [True, False])
+@pytest.mark.parametrize("value_dtype", ["float32", "float16"])
+def test_add_encoded_equals_decode_then_add(mask_aware, value_dtype):
+    from fedreid.fl.codec import decode_sparse
+
+    g, sites = encoded_sites(value_dtype)
+    decoded, encoded = SasAccumulator(g, mask_aware), SasAccumulator(g, mask_aware)
+    for arrays, w in zip(sites, [0.3, 1.7, 0.9], strict=True):
+        state, masks = decode_sparse(arrays)
+        decoded.add(state, masks, w)
+        got = encoded.add_encoded(arrays, w)
+        assert set(got) == set(masks)
+        for name, m in masks.items():
+            assert got[name].dtype == np.bool_ and np.array_equal(got[name], m)
+    want, out = decoded.result(), encoded.result()
+    for name, v in want.items():
+        assert out[name].dtype == v.dtype and out[name].shape == v.shape
+        np.testing.assert_array_equal(out[name], v)
+        assert np.array_equal(np.signbit(out[name]), np.signbit(v)), name
+
+
+def test_add_encoded_errors_name_the_site_and_leave_it_clean():
+    from fedreid.fl.codec import encode_sparse
+
+    g, states, masks = two_sites()
+    good = [encode_sparse(s, m) for s, m in zip(states, masks, strict=True)]
+    acc = SasAccumulator(g)
+    acc.add_encoded(good[0], 0.25)
+    bad_cases = {
+        r"site 1: unrecognised wire keys": {**good[1], "junk": np.zeros(1)},
+        r"site 1: 'w': bitmap keeps": {**good[1], "w::values": np.zeros(5, F32)},
+        r"site 1: key 'b' is missing": {k: v for k, v in good[1].items() if k != "b::dense"},
+        r"site 1: key 'w' has shape": encode_sparse(
+            {**states[1], "w": np.zeros(8, F32)}, {"w": np.ones(8, bool)}
+        ),
+        r"site 1: mask on non-float tensor 'nbt'": {
+            **{k: v for k, v in good[1].items() if k != "nbt::dense"},
+            "nbt::bits": np.packbits([True]),
+            "nbt::values": np.ones(1, F32),
+            "nbt::shape": np.zeros(0, np.int64),
+        },
+    }
+    for message, arrays in bad_cases.items():
+        with pytest.raises(ValueError, match=message):
+            acc.add_encoded(arrays, 0.75)
+    acc.add_encoded(good[1], 0.75)
+    np.testing.assert_array_equal(acc.result()["w"], np.array([2.5, 2.0, 5.0, 9.0], F32))

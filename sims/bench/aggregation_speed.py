@@ -4,18 +4,23 @@ Eight ResNet-50-shaped site states (torchvision ``resnet50(weights=None)`` shape
 ImageNet ``fc`` head, which stays private in ReID, plus a 2048-d BNNeck; last stride 1 does not
 change shapes) with random float32 weights and ~60 % of every conv kernel pruned at random.
 
-Timed side by side in one process, interleaved, median of ``--repeats``:
-- ours: per site ``Array -> numpy`` of the sparse encoded reply, ``decode_sparse`` and
-  ``SasAccumulator.add``; then ``klpwa`` weights (computed first, they are scalars) and
-  ``result()``. Validation (``validate_encoded`` on the already converted arrays, with the
-  declared-sparsity check) is timed on its own row.
+Timed side by side in one process, interleaved, median of ``--repeats``. Both sides start
+from the ``ArrayRecord``s a server receives and end with the ``ArrayRecord`` it returns:
+- ours: per site ``Array -> numpy`` of the sparse encoded reply (``codec.npy_view``, zero-copy),
+  ``decode_masks`` (the server keeps each site's mask for its next download) and
+  ``SasAccumulator.add_encoded`` (folds the sparse form, no dense copy); then ``klpwa``
+  weights (computed first, they are scalars), ``result()`` and the result ``ArrayRecord``.
+  Validation (``validate_encoded`` on the converted arrays, with the declared-sparsity check)
+  is timed on its own row. For reference, the same conversion with Flower's ``Array.numpy()``
+  (``np.load``) is timed too, with the ratio ours would have with it.
 - flower: ``flwr.serverapp.strategy.strategy_utils.aggregate_arrayrecords`` (what FedAvg runs)
-  on the same updates sent dense as ``ArrayRecord``s, including its ``Array -> numpy`` and
-  building the result ``ArrayRecord``.
+  on the same updates sent dense as ``ArrayRecord``s, including its ``Array -> numpy``
+  (``Array.numpy()``) and building the result ``ArrayRecord``.
 Peak memory per number of sites is measured with tracemalloc (NumPy reports its buffers to it)
 in a fresh subprocess per (method, N), counting only what the aggregation allocates beyond its
 inputs. Bytes are ``serialized_nbytes`` (= Flower's ``Array`` payload) of one site's reply.
-Everything is single-threaded NumPy; torch is only used for the shapes.
+Everything is single-threaded NumPy (one thread each side); torch is only used for the shapes.
+The machine's 1-minute load average is printed with the figures.
 
     .venv/bin/python -m sims.bench.aggregation_speed [--sites 8] [--sparsity 0.6] [--repeats 5]
 """
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -33,7 +39,7 @@ import tracemalloc
 import numpy as np
 
 from fedreid.fl.accounting import serialized_nbytes
-from fedreid.fl.codec import decode_sparse, encode_sparse, validate_encoded
+from fedreid.fl.codec import encode_sparse, npy_view, validate_encoded
 from fedreid.fl.sas import SasAccumulator
 from fedreid.fl.weights import klaw, klpwa, praw
 
@@ -99,30 +105,32 @@ def build_inputs(n_sites: int, sparsity: float, want: str):
 
 
 def run_ours(global_state, sparse_records, metrics, stages=None):
+    from flwr.app import Array, ArrayRecord
+
     t0 = time.perf_counter()
     weights = klpwa(klaw(metrics["kl"]), praw(metrics["ratio"]))
     acc = SasAccumulator(global_state)
-    t_np = t_dec = t_add = 0.0
+    t_np = t_add = 0.0
     for rec, w in zip(sparse_records, weights, strict=True):
         a = time.perf_counter()
-        arrays = {n: arr.numpy() for n, arr in rec.items()}
+        arrays = {n: npy_view(arr.data) for n, arr in rec.items()}
         b = time.perf_counter()
-        state, masks = decode_sparse(arrays)
-        c = time.perf_counter()
-        acc.add(state, masks, float(w))
-        t_np, t_dec, t_add = t_np + b - a, t_dec + c - b, t_add + time.perf_counter() - c
-        del state, masks, arrays
+        masks = acc.add_encoded(arrays, float(w))  # a server keeps them for the downloads
+        t_np, t_add = t_np + b - a, t_add + time.perf_counter() - b
+        del masks, arrays
     a = time.perf_counter()
     out = acc.result()
+    b = time.perf_counter()
+    record = ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in out.items()})
     if stages is not None:
         stages.update(
             to_numpy=t_np,
-            decode=t_dec,
-            sas_add=t_add,
-            sas_result=time.perf_counter() - a,
+            add_encoded=t_add,
+            result=b - a,
+            result_record=time.perf_counter() - b,
             total=time.perf_counter() - t0,
         )
-    return out
+    return record
 
 
 def run_flower(dense_records):
@@ -136,12 +144,13 @@ def time_it(n_sites: int, sparsity: float, repeats: int) -> None:
     n_params = sum(int(np.prod(s)) for s, _ in shapes.values())
     print(
         f"{n_sites} sites, {n_params / 1e6:.1f}M values each, {sparsity:.0%} of conv weights "
-        f"pruned; median of {repeats} (seconds)"
+        f"pruned; median of {repeats} interleaved repeats (seconds, one thread each side)"
     )
     expected = {n: s for n, (s, _) in shapes.items()}
     # A server converts each reply once and validates and decodes the same arrays.
-    replies = [{n: arr.numpy() for n, arr in rec.items()} for rec in sparse]
+    replies = [{n: npy_view(arr.data) for n, arr in rec.items()} for rec in sparse]
     rows: dict[str, list[float]] = {}
+    loads = [os.getloadavg()[0]]
     for _ in range(repeats):
         stages: dict[str, float] = {}
         run_ours(g, sparse, metrics, stages)
@@ -155,16 +164,35 @@ def time_it(n_sites: int, sparsity: float, repeats: int) -> None:
             problems = validate_encoded(arrays, expected, declared_sparsity=sparsity, tol=1e-3)
             assert not problems, problems
         rows.setdefault("ours: validate_encoded (all sites)", []).append(time.perf_counter() - a)
+        a = time.perf_counter()
+        for rec in sparse:
+            {n: arr.numpy() for n, arr in rec.items()}
+        rows.setdefault("reference: Array.numpy() of our replies", []).append(
+            time.perf_counter() - a
+        )
+        loads.append(os.getloadavg()[0])
     med = {k: statistics.median(v) for k, v in rows.items()}
     for k, v in med.items():
-        print(f"  {k:<40} {v:8.3f}")
-    ratio = med["ours: total"] / med["flower: aggregate_arrayrecords"]
-    print(f"  ratio ours total / flower = {ratio:.2f}")
-    ours_v = med["ours: total"] + med["ours: validate_encoded (all sites)"]
+        print(f"  {k:<42} {v:8.3f}")
+    flower = med["flower: aggregate_arrayrecords"]
+    ours, fl = rows["ours: total"], rows["flower: aggregate_arrayrecords"]
+    validation = rows["ours: validate_encoded (all sites)"]
+    per_rep = [o / f for o, f in zip(ours, fl, strict=True)]
+    per_rep_v = [(o + v) / f for o, v, f in zip(ours, validation, fl, strict=True)]
+    with_np = med["ours: total"] - med["ours: to_numpy"]
+    with_np += med["reference: Array.numpy() of our replies"]
+    print("  ratios to flower: of the medians (median of the per-repeat ratios)")
     print(
-        f"  ratio (ours total + validation) / flower = "
-        f"{ours_v / med['flower: aggregate_arrayrecords']:.2f}"
+        f"    ours total                     {med['ours: total'] / flower:5.2f} "
+        f"({statistics.median(per_rep):.2f})"
     )
+    print(
+        f"    ours total + validation        "
+        f"{(med['ours: total'] + med['ours: validate_encoded (all sites)']) / flower:5.2f} "
+        f"({statistics.median(per_rep_v):.2f})"
+    )
+    print(f"    ours total with Array.numpy()  {with_np / flower:5.2f}")
+    print(f"  load average (1 min) during the repeats: {min(loads):.2f}-{max(loads):.2f}")
 
 
 def child_peak(method: str, n_sites: int, sparsity: float) -> None:
