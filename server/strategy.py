@@ -37,7 +37,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
 from fedreid.config.schema import FedReIDConfig
-from fedreid.fl.codec import decode_sparse, encode_sparse, validate_encoded
+from fedreid.fl.accounting import serialized_nbytes
+from fedreid.fl.codec import decode_sparse, encode_sparse, npy_view, validate_encoded
 from fedreid.fl.sas import SasAccumulator
 from fedreid.fl.weights import (
     cosine_distance_weights,
@@ -47,7 +48,7 @@ from fedreid.fl.weights import (
     sample_count_weights,
 )
 from fedreid.report import RunRecorder
-from server.records import arrays_to_record, record_nbytes, record_to_arrays
+from server.records import arrays_to_record, record_nbytes
 
 REQUIRED_TRAIN_METRICS = ("num-examples", "prune_ratio", "klaw", "cdw")
 ProgressFn = Callable[[str, int, int, str], None]  # phase, done, total, last site
@@ -57,8 +58,7 @@ ProgressFn = Callable[[str, int, int, str], None]  # phase, done, total, last si
 class SiteReply:
     node_id: int
     site: str
-    state: dict[str, np.ndarray]
-    masks: dict[str, np.ndarray]
+    arrays: dict[str, np.ndarray]  # validated wire form; SAS folds it in without decoding
     metrics: dict[str, float]
     nbytes: int
 
@@ -126,7 +126,7 @@ class FedReIDStrategy(FedAvg):
         messages = []
         self._round_bytes_down = 0
         self._round_dense_down = 0
-        dense_bytes = record_nbytes(arrays_to_record(self.state.global_state))
+        dense_bytes = serialized_nbytes(self.state.global_state)
         for node in self._sample(grid, self.cfg.fl.fraction_train):
             site = self.state.node_site.get(node)
             masks = self.state.site_masks.get(site, {}) if site else {}
@@ -157,11 +157,10 @@ class FedReIDStrategy(FedAvg):
         weights = self._weights(accepted)
         acc = SasAccumulator(self.state.global_state, mask_aware=self.cfg.agg.sas)
         for reply, w in zip(accepted, weights, strict=True):
-            acc.add(reply.state, reply.masks or None, float(w))
+            masks = acc.add_encoded(reply.arrays, float(w))
+            if masks:
+                self.state.site_masks[reply.site] = masks
         self.state.global_state = acc.result()
-        for reply in accepted:
-            if reply.masks:
-                self.state.site_masks[reply.site] = reply.masks
         self._finish_round(server_round, round_record, accepted, weights)
         metrics = MetricRecord({
             "mean_prune_ratio": float(np.mean([r.metrics["prune_ratio"] for r in accepted])),
@@ -208,7 +207,9 @@ class FedReIDStrategy(FedAvg):
         if not 0.0 <= metrics["prune_ratio"] <= 1.0:
             raise ValueError(f"prune_ratio must lie in [0, 1], got {metrics['prune_ratio']}")
         record = content["arrays"]
-        arrays = record_to_arrays(record)
+        if any(a.stype != "numpy.ndarray" for a in record.values()):
+            raise ValueError("reply arrays must be serialised as 'numpy.ndarray'")
+        arrays = {k: npy_view(a.data) for k, a in record.items()}  # zero-copy views
         declared = float(metrics["prune_ratio"]) if any(k.endswith("::bits") for k in arrays) else None
         problems = validate_encoded(arrays, self.shapes, declared_sparsity=declared, tol=1e-4,
                                     expected_dtypes=self.dtypes)
@@ -216,8 +217,7 @@ class FedReIDStrategy(FedAvg):
             problems = self._norm_problems(arrays)
         if problems:
             raise ValueError("; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""))
-        state, masks = decode_sparse(arrays)
-        return SiteReply(node_id=int(msg.metadata.src_node_id), site=site, state=state, masks=masks,
+        return SiteReply(node_id=int(msg.metadata.src_node_id), site=site, arrays=arrays,
                          metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
                          nbytes=record_nbytes(record))
 
@@ -250,8 +250,7 @@ class FedReIDStrategy(FedAvg):
                  for r, w in zip(accepted, weights, strict=True)}
         record.update({
             "sites": sites,
-            "dense_bytes": self._round_dense_down + len(accepted) * record_nbytes(
-                arrays_to_record(self.state.global_state)),
+            "dense_bytes": self._round_dense_down + len(accepted) * serialized_nbytes(self.state.global_state),
             "mean_prune_ratio": float(np.mean([r.metrics["prune_ratio"] for r in accepted])) if accepted else 0.0,
             "mean_loss": float(np.mean([r.metrics.get("loss", np.nan) for r in accepted])) if accepted else float("nan"),
         })

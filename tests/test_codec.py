@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes
 
-from fedreid.fl.accounting import ByteLedger, serialized_nbytes
+from fedreid.fl.accounting import serialized_nbytes
 from fedreid.fl.codec import (
     decode_masks,
     decode_sparse,
@@ -218,25 +218,6 @@ def test_validator_declared_sparsity_norm_and_dtypes():
     assert problems == ["bn.num_batches_tracked: dense dtype float64 != expected int64"]
     sparse_int = validate_encoded(arrays, shapes_, expected_dtypes={"conv.weight": np.int64})
     assert sparse_int and "not float" in sparse_int[0]
-
-
-def test_byte_ledger():
-    ledger = ByteLedger()
-    ledger.record(1, "site-a", "up", 100, dense_nbytes=250)
-    ledger.record(1, "site-a", "down", 300)
-    ledger.record(1, 7, "up", 50, dense_nbytes=250)
-    ledger.record(2, "site-a", "up", 10)
-    ledger.record(2, "site-a", "up", 5)  # resent: adds up
-    assert ledger.round_totals(1) == {"up": 150, "dense_up": 500, "down": 300}
-    assert ledger.totals() == {"up": 165, "dense_up": 500, "down": 300}
-    d = ledger.to_dict()
-    assert d["rounds"]["1"]["7"] == {"up": 50, "dense_up": 250}
-    assert d["rounds"]["2"]["site-a"] == {"up": 15}
-    assert ByteLedger.from_dict(d).to_dict() == d
-    with pytest.raises(ValueError, match="direction"):
-        ledger.record(1, "x", "sideways", 1)
-    with pytest.raises(ValueError, match=">= 0"):
-        ledger.record(1, "x", "up", -1)
 
 
 def test_decode_rejects_bad_shape_array():

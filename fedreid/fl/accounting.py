@@ -10,7 +10,6 @@ model is kept.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 
@@ -42,69 +41,3 @@ def serialized_nbytes(arrays: Mapping[str, np.ndarray]) -> int:
             ) from err
         total += counter.n
     return total
-
-
-class ByteLedger:
-    """Bytes per (round, site, direction), plus the dense-equivalent bytes when known.
-
-    ``dense_nbytes`` is what the same tensors would cost sent dense (FedAvg), so the saving
-    ``1 - bytes / dense`` can be reported per round and overall. Recording the same
-    (round, site, direction) twice adds up (e.g. a resent message).
-    """
-
-    def __init__(self) -> None:
-        self._rows: dict[int, dict[str, dict[str, int]]] = {}
-
-    def record(
-        self,
-        round_num: int,
-        site: int | str,
-        direction: str,
-        nbytes: int,
-        dense_nbytes: int | None = None,
-    ) -> None:
-        if direction not in DIRECTIONS:
-            raise ValueError(f"direction: {direction!r} is not one of {DIRECTIONS}")
-        if nbytes < 0 or (dense_nbytes is not None and dense_nbytes < 0):
-            raise ValueError(f"nbytes {nbytes} / dense_nbytes {dense_nbytes} must be >= 0")
-        cell = self._rows.setdefault(int(round_num), {}).setdefault(str(site), {})
-        cell[direction] = cell.get(direction, 0) + int(nbytes)
-        if dense_nbytes is not None:
-            key = f"dense_{direction}"
-            cell[key] = cell.get(key, 0) + int(dense_nbytes)
-
-    def round_totals(self, round_num: int) -> dict[str, int]:
-        """Summed counters of one round: keys among up, down, dense_up, dense_down."""
-        out: dict[str, int] = {}
-        for cell in self._rows.get(int(round_num), {}).values():
-            for k, v in cell.items():
-                out[k] = out.get(k, 0) + v
-        return out
-
-    def totals(self) -> dict[str, int]:
-        """Summed counters over all rounds."""
-        out: dict[str, int] = {}
-        for r in self._rows:
-            for k, v in self.round_totals(r).items():
-                out[k] = out.get(k, 0) + v
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: ``{"rounds": {"<r>": {"<site>": {...}}}, "totals": {...}}``."""
-        return {
-            "rounds": {
-                str(r): {s: dict(c) for s, c in sites.items()}
-                for r, sites in sorted(self._rows.items())
-            },
-            "totals": self.totals(),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ByteLedger:
-        """Rebuild a ledger saved with ``to_dict`` (for resuming a run)."""
-        ledger = cls()
-        for r, sites in data.get("rounds", {}).items():
-            ledger._rows[int(r)] = {
-                str(s): {k: int(v) for k, v in c.items()} for s, c in sites.items()
-            }
-        return ledger
