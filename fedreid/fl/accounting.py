@@ -1,4 +1,4 @@
-"""Communication accounting: bytes on the wire per round, per site, up and down.
+"""Communication accounting: the bytes Flower actually sends for a dict of arrays.
 
 Flower's ``Array`` stores an ndarray as the bytes of ``np.save(..., allow_pickle=False)``
 (research/flower.md §1.3), so ``serialized_nbytes`` counts exactly the array payload Flower
