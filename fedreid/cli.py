@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from fedreid.cli_common import checked_dataset, console
+from fedreid.cli_common import fail as _fail
 from fedreid.config import ConfigError, config_to_yaml, load_config
 from fedreid.data.records import DataError
 from fedreid.deploy.cli import certs, keys_app, server_app, site_app
@@ -28,15 +29,9 @@ app.add_typer(server_app, name="server")
 app.add_typer(site_app, name="site")
 app.add_typer(keys_app, name="keys")
 app.command("certs")(certs)
-console = Console()
 
 Overrides = Annotated[list[str] | None, typer.Argument(help="Config overrides, key=value (see `fedreid config`).")]
 ConfigFile = Annotated[Path | None, typer.Option("--config", "-c", help="YAML file merged over the defaults.")]
-
-
-def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
 
 
 def _load(overrides: list[str] | None, file: Path | None, extra: list[str] = ()):  # type: ignore[assignment]
@@ -95,12 +90,9 @@ def data_check(
     seed: Annotated[int, typer.Option(help="Seed of the split rule for sets without public splits.")] = 0,
 ) -> None:
     """Validate a data folder: counts per split, image sizes, warnings; errors name the file."""
-    from fedreid.data.check import check_dataset, render_check_report
+    from fedreid.data.check import render_check_report
 
-    try:
-        report = check_dataset(path, dataset, seed=seed)
-    except (DataError, ValueError) as exc:
-        _fail(str(exc), code=1)
+    report = checked_dataset(path, dataset, seed)
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:

@@ -123,7 +123,8 @@ class SiteTrainer:
         base_lrs = [g["lr"] for g in opt.param_groups]
         if reference is not None:
             reference.eval()
-        totals: dict[str, float] = {}
+        totals: dict[str, float] = {}  # summed per batch, averaged at the end
+        prep: dict[str, float] = {}  # method's pre-epoch figures, last epoch's value
         count = 0
         images_seen = 0
         started = time.perf_counter()
@@ -133,7 +134,7 @@ class SiteTrainer:
             for g, base in zip(opt.param_groups, base_lrs, strict=True):
                 g["lr"] = base * factor
             for k, v in self.method.prepare_epoch(epoch).items():
-                totals[f"prep_{k}"] = v  # last epoch's value
+                prep[f"prep_{k}"] = v
             batches = self.method.batches(rng)
             # FedCAPR's IDE: small sites replay their data up to min_epoch_images per epoch.
             passes = -(-cfg.data.min_epoch_images // max(1, len(self.site.train)))
@@ -150,9 +151,7 @@ class SiteTrainer:
                 images_seen += len(idx)
                 if progress is not None:
                     progress(i + 1, len(batches))
-        out = {k: (v / count if not k.startswith("prep_") else v) for k, v in totals.items()} if count else {
-            k: v for k, v in totals.items() if k.startswith("prep_")
-        }
+        out = {**prep, **{k: v / count for k, v in totals.items()}}
         seconds = time.perf_counter() - started
         out.update({"batches": float(count), "images": float(images_seen), "train_seconds": seconds})
         return out

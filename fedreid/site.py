@@ -120,6 +120,10 @@ class FederatedSite:
         if self.state.private:
             self.trainer.method.load_private_state(_to_torch(self.state.private))
 
+    def _device_masks(self) -> dict[str, torch.Tensor]:
+        """The site's masks as tensors on the model's device (masks multiply weights/grads)."""
+        return {k: torch.from_numpy(v).to(self.trainer.device) for k, v in self.state.masks.items()}
+
     # ---- download ---------------------------------------------------------------------
     def load_global(self, arrays: dict[str, np.ndarray]) -> None:
         """Load the downloaded (possibly sparse-encoded) shared model into the site's net."""
@@ -133,7 +137,7 @@ class FederatedSite:
                 f"site must use the same model.arch (site has {self.cfg.model.arch})"
             )
         if self.state.masks:
-            apply_masks(self.trainer.model, _to_torch(self.state.masks))
+            apply_masks(self.trainer.model, self._device_masks())
 
     # ---- scores for CRR -----------------------------------------------------------------
     def crr_score(self) -> float:
@@ -193,11 +197,11 @@ class FederatedSite:
                 weights = restored_weights(decision, downloaded, self.state.masks, mode=cfg.crr.restore)
                 self.state.masks = {k: v.astype(bool) for k, v in decision.masks.items()}
                 load_shared_state_dict(model, _to_torch(weights), strict=False)
-                apply_masks(model, _to_torch(self.state.masks))
+                apply_masks(model, self._device_masks())
 
         reference = self.trainer.snapshot()  # the downloaded model, frozen
         use_ref = cfg.kl.enabled and server_round >= cfg.kl.start_round and cfg.kl.weight > 0
-        masks_t = _to_torch(self.state.masks) if self.state.masks else None
+        masks_t = self._device_masks()
         epochs = cfg.train.epochs
         if cfg.fl.last_round_epochs and server_round == cfg.fl.rounds:
             epochs = cfg.fl.last_round_epochs
@@ -207,7 +211,7 @@ class FederatedSite:
             lr_scale=1.0,
             reference=reference if use_ref else None,
             kl_weight=cfg.kl.weight if use_ref else 0.0,
-            masks=masks_t,
+            masks=masks_t or None,
             progress=progress,
         )
         metrics.update(stats)
@@ -216,9 +220,10 @@ class FederatedSite:
 
         # Pruning step (CRR stage 1 records the backup first).
         shared = _to_numpy(shared_state_dict(model))
-        if not self.state.masks and cfg.prune.enabled:
-            self.state.masks = {k: v.numpy() for k, v in init_masks(_to_torch(shared)).items()}
-        ratio = sparsity(_to_torch(self.state.masks)) if self.state.masks else 0.0
+        if not masks_t and cfg.prune.enabled:
+            masks_t = init_masks(model)
+            self.state.masks = _to_numpy(masks_t)
+        ratio = sparsity(masks_t)
         may_prune = (
             cfg.prune.enabled
             and server_round >= cfg.prune.start_round
@@ -229,15 +234,14 @@ class FederatedSite:
         if may_prune:
             if use_crr and np.isfinite(score):
                 crr.record_before_pruning(score, shared, self.state.masks)
-            new_masks = magnitude_prune(_to_torch(shared), _to_torch(self.state.masks),
-                                        step=cfg.prune.step, target=cfg.prune.target,
-                                        scope=cfg.prune.scope)
-            self.state.masks = {k: v.numpy() for k, v in new_masks.items()}
-            apply_masks(model, new_masks)
+            masks_t = magnitude_prune(model, masks_t, step=cfg.prune.step,
+                                      target=cfg.prune.target, scope=cfg.prune.scope)
+            self.state.masks = _to_numpy(masks_t)
+            apply_masks(model, masks_t)
             shared = _to_numpy(shared_state_dict(model))
             metrics["pruned_this_round"] = 1.0
         self.state.crr = crr.to_dict()
-        metrics["prune_ratio"] = sparsity(_to_torch(self.state.masks)) if self.state.masks else 0.0
+        metrics["prune_ratio"] = sparsity(masks_t)
         metrics["crr_halted"] = float(crr.halted)
 
         # Aggregation-weight signals on the fixed probe batch.
@@ -253,7 +257,8 @@ class FederatedSite:
         # Private state and the reply.
         self.state.private = _to_numpy(self.trainer.method.private_state())
         if not cfg.agg.share_buffers:
-            self.state.local_buffers = {k: v for k, v in shared.items() if _is_buffer(model, k)}
+            buffers = {name for name, _ in model.named_buffers()}
+            self.state.local_buffers = {k: v for k, v in shared.items() if k in buffers}
         self.state.rounds_trained += 1
         self.state.last_round = server_round
         masks = self.state.masks if (cfg.prune.enabled and self.state.masks) else {}
@@ -271,13 +276,10 @@ class FederatedSite:
             if self.state.local_buffers:
                 load_shared_state_dict(model, _to_torch(self.state.local_buffers), strict=False)
             if self.state.masks:
-                apply_masks(model, _to_torch(self.state.masks))
+                apply_masks(model, self._device_masks())
             out.update({f"personal_{k}": v for k, v in self.trainer.evaluate().items()})
         else:
             out.update({f"personal_{k}": out[f"global_{k}"] for k in ("mAP", "rank1", "rank5", "rank10", "mINP")})
         out["num-examples"] = float(len(self.data.query))
         return out
 
-
-def _is_buffer(model: torch.nn.Module, key: str) -> bool:
-    return key in dict(model.named_buffers())

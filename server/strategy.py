@@ -89,6 +89,8 @@ class FedReIDStrategy(FedAvg):
         self.state = StrategyState(global_state={k: np.array(v) for k, v in initial_state.items()})
         self.shapes = {k: tuple(v.shape) for k, v in initial_state.items()}
         self.dtypes = {k: v.dtype for k, v in initial_state.items()}
+        # What one dense copy of the model costs on the wire; fixed by shapes and dtypes.
+        self.dense_nbytes = serialized_nbytes(initial_state)
         self.recorder = recorder
         self.on_round_end = on_round_end
         self.progress = progress
@@ -126,13 +128,12 @@ class FedReIDStrategy(FedAvg):
         messages = []
         self._round_bytes_down = 0
         self._round_dense_down = 0
-        dense_bytes = serialized_nbytes(self.state.global_state)
         for node in self._sample(grid, self.cfg.fl.fraction_train):
             site = self.state.node_site.get(node)
             masks = self.state.site_masks.get(site, {}) if site else {}
             record = self._personalised_record(masks)
             self._round_bytes_down += record_nbytes(record)
-            self._round_dense_down += dense_bytes
+            self._round_dense_down += self.dense_nbytes
             content = RecordDict({"arrays": record, "config": ConfigRecord(dict(config))})
             messages.append(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node))
         return messages
@@ -250,7 +251,7 @@ class FedReIDStrategy(FedAvg):
                  for r, w in zip(accepted, weights, strict=True)}
         record.update({
             "sites": sites,
-            "dense_bytes": self._round_dense_down + len(accepted) * serialized_nbytes(self.state.global_state),
+            "dense_bytes": self._round_dense_down + len(accepted) * self.dense_nbytes,
             "mean_prune_ratio": float(np.mean([r.metrics["prune_ratio"] for r in accepted])) if accepted else 0.0,
             "mean_loss": float(np.mean([r.metrics.get("loss", np.nan) for r in accepted])) if accepted else float("nan"),
         })

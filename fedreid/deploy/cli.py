@@ -13,15 +13,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from fedreid.cli_common import checked_dataset, console
+from fedreid.cli_common import fail as _fail
 from fedreid.config import ConfigError, FedReIDConfig, flat_items, load_config
 from fedreid.data.records import DataError
 from fedreid.deploy import certs as certs_mod
 from fedreid.deploy import processes, run_status, sharing
 
-console = Console(soft_wrap=True)  # long paths stay on one line, copy-pastable
 server_app = typer.Typer(help="Coordinator: start the SuperLink, submit and follow runs.",
                          no_args_is_help=True)
 site_app = typer.Typer(help="A camera site: check its data, join the federation.", no_args_is_help=True)
@@ -34,11 +34,6 @@ RootCert = Annotated[Path | None, typer.Option(
     "--root-certificates", help="The federation's CA certificate (ca.crt from `fedreid certs`).")]
 Insecure = Annotated[bool, typer.Option(
     "--insecure", help="Talk plain HTTP to a SuperLink started with --insecure (tests only).")]
-
-
-def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
 
 
 def _warn(message: str) -> None:
@@ -58,7 +53,6 @@ def _connection(superlink: str, root_certificates: Path | None, insecure: bool) 
         return run_status.check_connection(superlink, root_certificates, insecure)
     except ValueError as exc:
         _fail(str(exc))
-        raise  # unreachable: _fail exits
 
 
 # ---- certificates and keys ---------------------------------------------------------------
@@ -313,12 +307,9 @@ def site_check(
     seed: Annotated[int, typer.Option(help="Seed of the split rule for sets without public splits.")] = 0,
 ) -> None:
     """Validate the site's data and state what will — and will never — leave the site."""
-    from fedreid.data.check import check_dataset, render_check_report
+    from fedreid.data.check import render_check_report
 
-    try:
-        report = check_dataset(data, dataset, seed=seed)
-    except (DataError, ValueError) as exc:
-        _fail(str(exc), code=1)
+    report = checked_dataset(data, dataset, seed)
     console.print(render_check_report(report))
     console.print("\n[bold]Sent to the coordinator each round:[/]")
     for line in sharing.SHARED:
