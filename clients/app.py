@@ -11,12 +11,13 @@ from pathlib import Path
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from clients.faults import mods_from_env
 from clients.runtime import handle_evaluate, handle_train
 from fedreid.config.schema import FedReIDConfig
 
 
 def make_client_app(cfg: FedReIDConfig | None = None, state_dir: Path | None = None) -> ClientApp:
-    client = ClientApp()
+    client = ClientApp(mods=mods_from_env())  # empty unless fault injection is asked for
 
     @client.train()
     def train(msg: Message, context: Context) -> Message:

@@ -1,8 +1,14 @@
 """Unsupervised pseudo-labels: k-reciprocal Jaccard + DBSCAN + per-camera proxies (FedCAPR).
 
 A site without identity labels clusters its current features every local epoch; clusters are
-pseudo-identities, outliers are set aside, and each cluster is split by camera into proxies
-(the camera-aware proxy memory's entries).
+pseudo-identities, and each cluster is split by camera into proxies (the camera-aware proxy
+memory's entries). Outliers are set aside, or kept as one-image proxies of their own.
+
+Two options make this work from random weights (measured in docs/choices.md): features are
+centred per camera before clustering (each camera's mean feature is mostly its background and
+light, so removing it lets images of one person from two cameras meet), and outliers become
+instance proxies, so an epoch whose clusters are still poor trains instance discrimination
+instead of nothing (as SpCL's hybrid memory keeps un-clustered instances).
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ class PseudoLabels:
 
     Proxy p is cluster ``proxy_cluster[p]`` seen by camera ``proxy_camera[p]``; proxies are
     ordered by (cluster, camera). ``proxy_centers`` (P×D) are L2-normalised mean features.
-    ``sample_proxy`` maps each sample to its proxy (-1 for outliers).
+    ``sample_proxy`` maps each sample to its proxy (-1 for outliers, unless outliers are kept
+    as instance proxies: then proxy p of an outlier has a cluster id >= ``num_clusters`` of
+    its own). ``labels`` are DBSCAN's clusters either way.
     """
 
     labels: np.ndarray
@@ -44,8 +52,15 @@ def cluster_pseudo_labels(
     min_samples: int = 4,
     k1: int = 20,
     k2: int = 6,
+    camera_centre: bool = False,
+    outlier_instances: bool = False,
 ) -> PseudoLabels:
     """Cluster features (L2-normalised here) with DBSCAN on the k-reciprocal Jaccard distance.
+
+    ``camera_centre``: subtract each camera's mean (normalised) feature before the distances.
+    ``outlier_instances``: every outlier becomes a one-image proxy (its own cluster id).
+    Proxy centres are always means of the normalised, uncentred features (what the memory is
+    compared with).
 
     DBSCAN gets the sparse Jaccard graph with ``metric="precomputed"``, holding only pairs
     within eps: the others can never be neighbours, so the clusters are those of the dense
@@ -65,14 +80,19 @@ def cluster_pseudo_labels(
     if int(min_samples) < 1:
         raise ValueError(f"min_samples must be >= 1, got {min_samples}")
 
-    graph = jaccard_graph(f, k1=k1, k2=k2, max_distance=eps)
+    graph = jaccard_graph(centre_per_camera(f, cams) if camera_centre else f, k1=k1, k2=k2,
+                          max_distance=eps)
     labels = DBSCAN(eps=eps, min_samples=int(min_samples), metric="precomputed").fit_predict(graph)
     labels = labels.astype(np.int64)
-    inlier = np.flatnonzero(labels >= 0)
-    num_clusters = int(labels.max()) + 1 if len(inlier) else 0
+    num_clusters = int(labels.max()) + 1 if (labels >= 0).any() else 0
+    num_outliers = int((labels < 0).sum())
+    proxy_labels = labels.copy()
+    if outlier_instances:
+        proxy_labels[labels < 0] = num_clusters + np.arange(num_outliers)
+    inlier = np.flatnonzero(proxy_labels >= 0)
 
     pairs, sample_slot = np.unique(
-        np.stack([labels[inlier], cams[inlier]], axis=1), axis=0, return_inverse=True
+        np.stack([proxy_labels[inlier], cams[inlier]], axis=1), axis=0, return_inverse=True
     )
     sample_proxy = np.full(len(labels), -1, dtype=np.int64)
     sample_proxy[inlier] = sample_slot.ravel()
@@ -82,9 +102,31 @@ def cluster_pseudo_labels(
     return PseudoLabels(
         labels=labels,
         num_clusters=num_clusters,
-        num_outliers=len(labels) - len(inlier),
+        num_outliers=num_outliers,
         proxy_centers=F.normalize(sums, dim=1),
         proxy_cluster=pairs[:, 0].astype(np.int64),
         proxy_camera=pairs[:, 1],
         sample_proxy=sample_proxy,
     )
+
+
+def centre_per_camera(features: torch.Tensor, camids: np.ndarray) -> torch.Tensor:
+    """Each row minus the mean of its camera's rows (features already L2-normalised)."""
+    out = features.clone()
+    for cam in np.unique(camids):
+        rows = torch.from_numpy(np.flatnonzero(camids == cam))
+        out[rows] -= out[rows].mean(dim=0)
+    return out
+
+
+def site_neighbourhood(num_images: int, k1: int, k2: int) -> tuple[int, int]:
+    """k1, k2 for a site of ``num_images``: at most the configured values, smaller on small sites.
+
+    A k1 of 20 on 120 images (VIPeR: two images a person) makes every k-reciprocal set a sixth
+    of the site and DBSCAN merges everything; about one image in fifteen keeps the
+    neighbourhoods local (VIPeR: k1 = 8, k2 = 3). Sites of 300 images or more keep the config.
+    """
+    small_k1 = max(4, num_images // 15)
+    eff_k1 = min(k1, small_k1)
+    eff_k2 = min(k2, max(1, -(-3 * eff_k1 // 8)))
+    return eff_k1, eff_k2

@@ -21,6 +21,7 @@ from fedreid.engine import SiteData, SiteTrainer
 from fedreid.eval import evaluate
 from fedreid.fl.codec import decode_sparse, encode_sparse
 from fedreid.fl.crr import CrossRoundRecovery, restored_weights
+from fedreid.fl.dp import clip_to_download
 from fedreid.losses import mean_kl_divergence
 from fedreid.models import load_shared_state_dict, shared_state_dict
 from fedreid.prune import apply_masks, init_masks, magnitude_prune, sparsity
@@ -215,8 +216,9 @@ class FederatedSite:
             progress=progress,
         )
         metrics.update(stats)
-        if hasattr(self.trainer.method, "sample_proxy"):
-            self.state.pseudo_labels = np.asarray(self.trainer.method.sample_proxy).copy()
+        if hasattr(self.trainer.method, "cluster_labels"):
+            # clusters span cameras (proxies do not): CRR's cross-camera score needs clusters
+            self.state.pseudo_labels = np.asarray(self.trainer.method.cluster_labels).copy()
 
         # Pruning step (CRR stage 1 records the backup first).
         shared = _to_numpy(shared_state_dict(model))
@@ -262,6 +264,10 @@ class FederatedSite:
         self.state.rounds_trained += 1
         self.state.last_round = server_round
         masks = self.state.masks if (cfg.prune.enabled and self.state.masks) else {}
+        if cfg.dp.enabled:
+            shared, norm = clip_to_download(shared, decode_sparse(arrays)[0], masks, cfg.dp.clipping_norm)
+            metrics["dp_update_norm"] = norm
+            metrics["dp_clipped"] = float(norm > cfg.dp.clipping_norm)
         reply = encode_sparse(shared, masks, value_dtype=cfg.codec.value_dtype)
         return reply, metrics
 

@@ -39,6 +39,7 @@ from flwr.serverapp.strategy import FedAvg, Result
 from fedreid.config.schema import FedReIDConfig
 from fedreid.fl.accounting import serialized_nbytes
 from fedreid.fl.codec import decode_sparse, encode_sparse, npy_view, validate_encoded
+from fedreid.fl.dp import NoiseScale, add_noise, gaussian_epsilon
 from fedreid.fl.sas import SasAccumulator
 from fedreid.fl.weights import (
     cosine_distance_weights,
@@ -157,17 +158,31 @@ class FedReIDStrategy(FedAvg):
             return None, None
         weights = self._weights(accepted)
         acc = SasAccumulator(self.state.global_state, mask_aware=self.cfg.agg.sas)
+        noise = NoiseScale(self.state.global_state, self.cfg.agg.sas) if self.cfg.dp.enabled else None
         for reply, w in zip(accepted, weights, strict=True):
             masks = acc.add_encoded(reply.arrays, float(w))
             if masks:
                 self.state.site_masks[reply.site] = masks
+            if noise is not None:
+                noise.add(float(w), masks)
         self.state.global_state = acc.result()
+        if noise is not None:
+            round_record.update(self._add_dp_noise(noise, server_round))
         self._finish_round(server_round, round_record, accepted, weights)
         metrics = MetricRecord({
             "mean_prune_ratio": float(np.mean([r.metrics["prune_ratio"] for r in accepted])),
             "sites": len(accepted),
         })
         return arrays_to_record(self.state.global_state), metrics
+
+    def _add_dp_noise(self, noise: NoiseScale, server_round: int) -> dict[str, float]:
+        dp = self.cfg.dp
+        self.state.global_state, top_std = add_noise(
+            self.state.global_state, noise.scales(), dp.noise_multiplier, dp.clipping_norm, self.rng)
+        epsilon = gaussian_epsilon(dp.noise_multiplier, server_round, dp.delta)
+        log(INFO, "round %d: DP noise added (largest std %.4g); ε = %.3g at δ = %g after %d rounds",
+            server_round, top_std, epsilon, dp.delta, server_round)
+        return {"dp_noise_std_max": top_std, "dp_epsilon": epsilon}
 
     def _accept_train_replies(self, replies: Iterable[Message]) -> tuple[list[SiteReply], list[dict]]:
         accepted: list[SiteReply] = []

@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedreid.data.synth import generate_synthetic8
@@ -72,10 +73,10 @@ class Deployment:
     def log(self, name: str) -> Path:
         return self.tmp / "logs" / f"{name}-{self.starts.get(name, 0)}.log"
 
-    def start(self, name: str, *args: str) -> subprocess.Popen:
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         self.starts[name] = self.starts.get(name, 0) + 1
         cmd = [sys.executable, "-m", "fedreid.deploy.cli", *args]
-        self.procs[name] = processes.start_process(cmd, log_file=self.log(name), env=self.env)
+        self.procs[name] = processes.start_process(cmd, log_file=self.log(name), env={**self.env, **(env or {})})
         return self.procs[name]
 
     def text(self, name: str) -> str:
@@ -94,12 +95,13 @@ class Deployment:
         self.wait_log("superlink", r"Uvicorn running on https", 90, proc)
         return proc
 
-    def start_site(self, site: str, key: str | None = None, data: str | None = None) -> subprocess.Popen:
+    def start_site(self, site: str, key: str | None = None, data: str | None = None,
+                   env: dict[str, str] | None = None) -> subprocess.Popen:
         return self.start(site, "site", "join", "--site", site, "--data", str(self.tmp / "data" / (data or site)),
                           "--superlink", self.superlink, "--root-certificates", str(self.ca),
                           "--key", str(self.tmp / "keys" / f"{key or site}.key"), "--no-check",
                           "--state-dir", str(self.tmp / "state" / site),
-                          "--runtime-port", str(free_port()), "--device", "cpu")
+                          "--runtime-port", str(free_port()), "--device", "cpu", env=env)
 
     def connection(self) -> list[str]:
         return ["--superlink", self.superlink, "--root-certificates", str(self.ca)]
@@ -214,3 +216,49 @@ def test_deployment_survives_site_and_coordinator_crashes(deployment, tmp_path):
     assert (tmp_path / "state" / "market" / "market.pt").exists()
     print("\nrecovery timings (s):\n" + json.dumps({k: round(v, 1) for k, v in timings.items()}, indent=2))
     print(f"cores: {os.cpu_count()}")
+
+
+HOSTILE_FAULTS = ["nonfinite", "shape", "norm", "sparsity"]
+# What the coordinator must say when it drops each fault (server/strategy.py, fedreid/fl/codec.py).
+FAULT_REASONS = {
+    "nonfinite": r"NaN or infinity",
+    "shape": r"shape .* != expected",
+    "norm": r"update norm .* exceeds agg.max_update_norm",
+    "sparsity": r"declared sparsity",
+}
+
+
+def test_hostile_site_is_rejected_every_round(deployment, tmp_path):
+    """One site of three sends a malformed or hostile update each round (fault injection):
+    non-finite values, a wrong shape, an inflated norm, a false pruning ratio. Every one is
+    rejected with its reason in the round's metrics and the coordinator's log; the two honest
+    sites are aggregated and the run completes."""
+    dep = deployment
+    generate_synthetic8(tmp_path / "data", scale=0.05, seed=0, size=(32, 16), sites=SITES, min_test_ids=6,
+                        workers=1)
+    dep.cli("certs", "--host", "127.0.0.1", "--out", str(tmp_path / "certs"))
+    dep.cli("keys", "create", *SITES, "--out", str(tmp_path / "keys"))
+    dep.start_superlink()
+    dep.cli("keys", "register", *(str(tmp_path / "keys" / f"{s}.pub") for s in SITES), *dep.connection())
+    hostile = "cuhk01"
+    for site in SITES:
+        env = {"FEDREID_INJECT_FAULTS": ",".join(HOSTILE_FAULTS)} if site == hostile else None
+        dep.start_site(site, env=env)
+    for site in SITES:
+        dep.wait_log(site, r"SuperNode ID: \d+", 60, dep.procs[site])
+    runs = tmp_path / "runs"
+    overrides = [o for o in RUN_OVERRIDES if not o.startswith(("fl.rounds", "eval.every"))]
+    runner = dep.start("run", "server", "run", *overrides, f"fl.rounds={len(HOSTILE_FAULTS)}",
+                       f"eval.every={len(HOSTILE_FAULTS)}", "agg.max_update_norm=1000",
+                       *dep.connection(), "--sites", ",".join(SITES), "--run-dir", str(runs))
+    assert runner.wait(timeout=900) == 0, dep.text("run")
+
+    records = _train_records(next(runs.glob("flwr-*")))
+    assert [r["round"] for r in records] == [1, 2, 3, 4]
+    for record, fault in zip(records, HOSTILE_FAULTS, strict=True):
+        assert sorted(record["sites"]) == sorted(s for s in SITES if s != hostile), (fault, record)
+        assert [f["site"] for f in record["failures"]] == [hostile], (fault, record["failures"])
+        assert re.search(FAULT_REASONS[fault], record["failures"][0]["reason"]), (fault, record["failures"])
+        assert all(np.isfinite(s["weight"]) for s in record["sites"].values())
+    assert len(re.findall(r"rejected reply from site cuhk01", dep.text("run"))) == len(HOSTILE_FAULTS)
+    assert len(re.findall(r"fault injection", dep.text(hostile))) == len(HOSTILE_FAULTS)

@@ -127,3 +127,17 @@ def test_crr_restores_the_mask_and_halts_pruning_on_a_score_drop(tiny_data, tmp_
     assert trains[0]["prune_ratio"] > 0 and trains[0]["pruned_this_round"] == 1
     assert trains[1]["crr_restored"] == 1 and trains[1]["prune_ratio"] == 0 and trains[1]["crr_halted"] == 1
     assert trains[2]["pruned_this_round"] == 0 and trains[2]["prune_ratio"] == 0
+
+
+def test_differential_privacy_clips_sites_and_noises_the_aggregate(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, rounds=2, extra=["dp.enabled=true", "dp.clipping_norm=0.5",
+                                                  "dp.noise_multiplier=0.5", "eval.every=2"])
+    grid = federation(cfg, tmp_path / "state")
+    strategy = run_server(grid, cfg, tmp_path / "run", node_wait_s=1)
+    trains = [r for r in load_records(tmp_path / "run") if r["kind"] == "train"]
+    assert [r["round"] for r in trains] == [1, 2] and not any(r["failures"] for r in trains)
+    for r in trains:
+        assert all(s["dp_update_norm"] > 0.5 and s["dp_clipped"] == 1.0 for s in r["sites"].values())
+        assert 0 < r["dp_noise_std_max"] <= 0.5 * 0.5 + 1e-6
+    assert trains[1]["dp_epsilon"] > trains[0]["dp_epsilon"] > 0
+    assert all(np.isfinite(v).all() for v in strategy.state.global_state.values())

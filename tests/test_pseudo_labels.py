@@ -98,3 +98,48 @@ def test_shape_errors():
         cluster_pseudo_labels(feats, cams[:-1])
     with pytest.raises(ValueError, match="features"):
         cluster_pseudo_labels(feats[0], cams)
+
+
+def test_outliers_as_instance_proxies():
+    feats, truth, cams = gaussian_clusters(clusters=3)
+    rng = np.random.default_rng(1)
+    extra = np.concatenate(  # as in test_outliers_are_set_aside: 4 outliers
+        [10 * rng.normal(size=(2, 32)), np.repeat(10 * rng.normal(size=(1, 32)), 2, 0)]
+    ).astype(np.float32)
+    feats = np.concatenate([feats, extra])
+    cams = np.concatenate([cams, [0, 1, 0, 1]])
+    out = cluster_pseudo_labels(feats, cams, k1=10, outlier_instances=True)
+    assert out.num_clusters == 3 and out.num_outliers == 4
+    np.testing.assert_array_equal(out.labels[-4:], -1)  # DBSCAN's view is unchanged
+    assert (out.sample_proxy >= 0).all()
+    lone = out.sample_proxy[-4:]
+    assert len(set(lone.tolist())) == 4  # one proxy each, a cluster id of its own
+    assert sorted(out.proxy_cluster[lone].tolist()) == [3, 4, 5, 6]
+    np.testing.assert_array_equal(out.proxy_camera[lone], [0, 1, 0, 1])
+    unit = torch.nn.functional.normalize(torch.from_numpy(extra), dim=1)
+    torch.testing.assert_close(out.proxy_centers[lone], unit)
+
+
+def test_camera_centring_joins_one_identity_across_camera_offsets():
+    # Each camera adds a large offset of its own (its "background"): raw clustering splits by
+    # camera, centred clustering recovers the identities.
+    rng = np.random.default_rng(0)
+    ids, cameras, dim = 6, 2, 32
+    centers = rng.normal(size=(ids, dim))
+    offsets = 4.0 * rng.normal(size=(cameras, dim))
+    truth = np.repeat(np.arange(ids), 8)
+    cams = np.tile(np.arange(cameras), len(truth) // cameras)
+    feats = (centers[truth] + offsets[cams] + 0.05 * rng.normal(size=(len(truth), dim))).astype(np.float32)
+    raw = cluster_pseudo_labels(feats, cams, k1=6, k2=2, min_samples=2)
+    centred = cluster_pseudo_labels(feats, cams, k1=6, k2=2, min_samples=2, camera_centre=True)
+    assert not same_partition(raw.labels, truth)
+    assert same_partition(centred.labels, truth)
+
+
+def test_site_neighbourhood_shrinks_on_small_sites():
+    from fedreid.pseudo_labels import site_neighbourhood
+
+    assert site_neighbourhood(120, 20, 6) == (8, 3)
+    assert site_neighbourhood(30, 20, 6) == (4, 2)
+    assert site_neighbourhood(1000, 20, 6) == (20, 6)
+    assert site_neighbourhood(5000, 30, 6) == (30, 6)

@@ -67,6 +67,9 @@ class CaprConfig:
     inter_weight: float = 0.7
     momentum: float = 0.2  # memory keeps this fraction of its old value
     hard_negatives: int = 50
+    camera_centre: bool = True  # cluster per-camera-centred features (learns from random weights)
+    outlier_instances: bool = True  # outliers train as one-image proxies instead of being dropped
+    adaptive_k: bool = True  # shrink k1/k2 on small sites (fedreid.pseudo_labels.site_neighbourhood)
 
 
 @dataclass
@@ -119,6 +122,16 @@ class CRRConfig:
 
 
 @dataclass
+class DPConfig:
+    """Central DP (fedreid.fl.dp): sites clip their update, the server adds Gaussian noise."""
+
+    enabled: bool = False
+    clipping_norm: float = 20.0  # C: bound on the L2 norm of a site's update (all float tensors)
+    noise_multiplier: float = 0.1  # z: noise std = z * C * (largest effective site weight)
+    delta: float = 1e-5  # δ of the reported (ε, δ)
+
+
+@dataclass
 class CodecConfig:
     value_dtype: str = "float32"  # float32 | float16
 
@@ -166,6 +179,7 @@ class FedReIDConfig:
     agg: AggregationConfig = field(default_factory=AggregationConfig)
     crr: CRRConfig = field(default_factory=CRRConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
+    dp: DPConfig = field(default_factory=DPConfig)
     fl: FLConfig = field(default_factory=FLConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sim: SimConfig = field(default_factory=SimConfig)

@@ -1,8 +1,9 @@
 """``capr``: unsupervised camera-aware proxy training, FedCAPR's local method.
 
-Each epoch: features of every training image → k-reciprocal Jaccard distance → DBSCAN →
-per-camera proxies; then train with the camera-aware proxy memory loss on P×K batches of
-proxies. No identity label is used. Pseudo-labels and the memory are site-private.
+Each epoch: features of every training image → (per-camera centring) → k-reciprocal Jaccard
+distance → DBSCAN → per-camera proxies, outliers as one-image proxies; then train with the
+camera-aware proxy memory loss on P×K batches of proxies. No identity label is used.
+Pseudo-labels and the memory are site-private.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from fedreid.eval.features import extract_features
 from fedreid.losses import CameraProxyMemoryLoss
 from fedreid.methods.base import BatchOutput, ReidMethod
 from fedreid.methods.batches import eval_batches
-from fedreid.pseudo_labels import cluster_pseudo_labels
+from fedreid.pseudo_labels import cluster_pseudo_labels, site_neighbourhood
 
 
 class CAPRMethod(ReidMethod):
@@ -35,6 +36,7 @@ class CAPRMethod(ReidMethod):
         ).to(device)
         self.private["memory"] = self.memory
         self.sample_proxy = np.full(len(train), -1, dtype=np.int64)
+        self.cluster_labels = np.full(len(train), -1, dtype=np.int64)  # DBSCAN's, for CRR
 
     def prepare_epoch(self, epoch: int) -> dict[str, float]:
         c = self.cfg.method.capr
@@ -44,12 +46,15 @@ class CAPRMethod(ReidMethod):
             device=self.device,
             flip=False,
         )
+        k1, k2 = site_neighbourhood(len(self.train_store), c.k1, c.k2) if c.adaptive_k else (c.k1, c.k2)
         pl = cluster_pseudo_labels(
             feats.cpu().numpy(), self.train_store.camids,
-            eps=c.eps, min_samples=c.min_samples, k1=c.k1, k2=c.k2,
+            eps=c.eps, min_samples=c.min_samples, k1=k1, k2=k2,
+            camera_centre=c.camera_centre, outlier_instances=c.outlier_instances,
         )
         self.sample_proxy = np.asarray(pl.sample_proxy, dtype=np.int64)
-        if pl.num_clusters > 0:
+        self.cluster_labels = pl.labels
+        if len(pl.proxy_cluster) > 0:
             self.memory.reset(
                 torch.as_tensor(pl.proxy_centers, dtype=torch.float32, device=self.device),
                 torch.as_tensor(pl.proxy_cluster, device=self.device),
@@ -59,6 +64,7 @@ class CAPRMethod(ReidMethod):
             "clusters": float(pl.num_clusters),
             "outliers": float(pl.num_outliers),
             "proxies": float(len(pl.proxy_cluster)),
+            "k1": float(k1),
         }
 
     def batches(self, rng: np.random.Generator) -> list[np.ndarray]:

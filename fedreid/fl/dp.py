@@ -1,0 +1,125 @@
+"""Central differential privacy for sparse, weighted replies: client clipping, server noise.
+
+Flower's ``DifferentialPrivacyClientSideFixedClipping`` wrapper needs one dense ArrayRecord
+per reply and FedAvg's uniform aggregate; FedKLPR's replies are sparse-encoded and averaged
+with KLPWA weights and SAS, so the same mechanism (McMahan et al. 2018, "DP-FedAvg") is
+applied here with Flower's own clipping primitive:
+
+- a site clips its update against the model it downloaded, ``θ = b + clip(θ − b, C)``,
+  ``b`` = the download restricted to the site's mask, over every float tensor
+  (:func:`clip_to_download`);
+- the server adds Gaussian noise to the aggregate. One site moves element ``j`` of the
+  aggregate by its effective weight ``e_kj = a_k m_kj / Σ_i a_i m_ij`` (SAS) times its
+  update, so the L2 sensitivity of the whole model is at most ``C · max_k e_kj`` element by
+  element; noise of standard deviation ``z · C · s_j``, ``s_j = max_k e_kj``, gives every
+  element the Gaussian mechanism with multiplier ``z`` (:class:`NoiseScale`). With uniform
+  weights and no pruning this is Flower's ``z · C / n``.
+
+What it does not cover, stated in docs/choices.md: the aggregation weights (KLAW, PRAW) and
+the pruning masks are computed from local data and sent as they are; the (ε, δ) figure
+(:func:`gaussian_epsilon`, RDP of the Gaussian mechanism, no sampling amplification) is a
+guarantee for the model values given those.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+from flwr.supercore.differential_privacy import compute_clip_model_update, get_norm
+
+RUNNING_VAR_FLOOR = 1e-5  # noise must not make a BN variance negative
+
+
+def clip_to_download(
+    state: Mapping[str, np.ndarray],
+    download: Mapping[str, np.ndarray],
+    masks: Mapping[str, np.ndarray],
+    clipping_norm: float,
+) -> tuple[dict[str, np.ndarray], float]:
+    """``(state with its float update clipped to norm C, the update's norm before)``.
+
+    The base is the download times the site's current mask, so pruning (a weight set to 0)
+    is part of the update and pruned elements stay exactly 0 after clipping.
+    """
+    if clipping_norm <= 0:
+        raise ValueError(f"dp.clipping_norm must be > 0, got {clipping_norm}")
+    keys = [k for k, v in state.items() if np.asarray(v).dtype.kind == "f"]
+    missing = [k for k in keys if k not in download]
+    if missing:
+        raise ValueError(f"the download lacks {missing[:3]}: cannot clip the update against it")
+    new = [np.asarray(state[k], dtype=np.float32) for k in keys]
+    base = [np.asarray(download[k], dtype=np.float32) * masks[k] if k in masks
+            else np.asarray(download[k], dtype=np.float32) for k in keys]
+    norm = get_norm([n - b for n, b in zip(new, base, strict=True)])
+    compute_clip_model_update(new, base, clipping_norm)  # new[i] = base[i] + clip(new - base)
+    out = dict(state)
+    for k, v in zip(keys, new, strict=True):
+        out[k] = v.astype(np.asarray(state[k]).dtype, copy=False)
+    return out, norm
+
+
+class NoiseScale:
+    """Per element, the largest effective weight of one site in the aggregate (``s_j``)."""
+
+    def __init__(self, global_state: Mapping[str, np.ndarray], mask_aware: bool = True):
+        self.keys = [k for k, v in global_state.items() if np.asarray(v).dtype.kind == "f"]
+        self.shapes = {k: np.asarray(global_state[k]).shape for k in self.keys}
+        self.mask_aware = mask_aware
+        self._sum = {k: np.zeros(self.shapes[k], np.float32) for k in self.keys}
+        self._max = {k: np.zeros(self.shapes[k], np.float32) for k in self.keys}
+
+    def add(self, weight: float, masks: Mapping[str, np.ndarray]) -> None:
+        """One accepted site: its aggregation weight and its masks (missing = kept all)."""
+        for k in self.keys:
+            w = np.float32(weight)
+            contrib = masks[k] * w if (self.mask_aware and k in masks) else np.full(self.shapes[k], w, np.float32)
+            self._sum[k] += contrib
+            np.maximum(self._max[k], contrib, out=self._max[k])
+
+    def scales(self) -> dict[str, np.ndarray]:
+        """``s_j`` per float tensor: 0 where no site kept the element (it is not released)."""
+        out = {}
+        for k in self.keys:
+            s = np.zeros(self.shapes[k], np.float32)
+            np.divide(self._max[k], self._sum[k], out=s, where=self._sum[k] > 0)
+            out[k] = s
+        return out
+
+
+def add_noise(
+    state: Mapping[str, np.ndarray],
+    scales: Mapping[str, np.ndarray],
+    noise_multiplier: float,
+    clipping_norm: float,
+    rng: np.random.Generator,
+) -> tuple[dict[str, np.ndarray], float]:
+    """``(state + N(0, (z C s_j)^2) per element, the largest standard deviation used)``."""
+    out = dict(state)
+    top = 0.0
+    for k, s in scales.items():
+        std = (noise_multiplier * clipping_norm) * s
+        top = max(top, float(std.max(initial=0.0)))
+        noisy = np.asarray(state[k], dtype=np.float32) + rng.standard_normal(s.shape, dtype=np.float32) * std
+        if k.endswith("running_var"):
+            np.maximum(noisy, RUNNING_VAR_FLOOR, out=noisy)
+        out[k] = noisy.astype(np.asarray(state[k]).dtype, copy=False)
+    return out, top
+
+
+def gaussian_epsilon(noise_multiplier: float, releases: int, delta: float) -> float:
+    """ε after ``releases`` Gaussian mechanisms of multiplier z (RDP, Mironov 2017).
+
+    ``ε = min_α releases · α / (2 z²) + log(1/δ) / (α − 1)``; every site takes part in every
+    round, so there is no amplification by sampling. ``inf`` when z = 0.
+    """
+    if noise_multiplier <= 0 or releases <= 0:
+        return math.inf if releases > 0 else 0.0
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must lie in (0, 1), got {delta}")
+    rho = releases / (2 * noise_multiplier**2)
+    # minimiser of rho*α + L/(α-1): α = 1 + sqrt(L/rho)
+    log_term = math.log(1 / delta)
+    alpha = 1 + math.sqrt(log_term / rho)
+    return rho * alpha + log_term / (alpha - 1)
