@@ -8,14 +8,17 @@ site continues where it stopped. Nothing private is put in a reply.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
+from logging import WARNING
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.common.logger import log
 
 from fedreid.config import from_flat
 from fedreid.config.schema import FedReIDConfig
@@ -94,11 +97,42 @@ def load_state(context: Context, ident: SiteIdentity) -> SiteState:
     return SiteState()
 
 
-def save_state(context: Context, ident: SiteIdentity, state: SiteState) -> None:
+def previous_state_file(state_file: Path) -> Path:
+    """Where the state from before the last trained round is kept (``<site>.prev.pt``)."""
+    return state_file.with_suffix(".prev.pt")
+
+
+def state_for_round(context: Context, ident: SiteIdentity, server_round: int) -> tuple[SiteState, bool]:
+    """The state to train ``server_round`` from, and whether the round is being redone.
+
+    A coordinator that crashed after this site saved round r but before it aggregated the
+    round redoes round r when resumed. Training it again on top of round r's state would
+    prune twice and move CRR on a round; the state saved before round r is used instead.
+    """
+    state = load_state(context, ident)
+    if state.last_round < server_round or not ident.state_file:
+        return state, False
+    prev_file = previous_state_file(ident.state_file)
+    if prev_file.exists():
+        prev = SiteState.load(prev_file)
+        if prev.last_round < server_round:
+            log(WARNING, "site %s: round %d is being redone (coordinator resumed); training from the "
+                "state saved after round %d", ident.name, server_round, prev.last_round)
+            return prev, True
+    log(WARNING, "site %s: round %d was already trained here and no earlier state is kept; "
+        "training on top of it", ident.name, server_round)
+    return state, False
+
+
+def save_state(context: Context, ident: SiteIdentity, state: SiteState, keep_previous: bool = False) -> None:
+    """Context.state (this run) and the state file (across restarts). ``keep_previous``: move
+    the state file being replaced to ``<site>.prev.pt`` first (see :func:`state_for_round`)."""
     arrays, scalars = state.to_flat()
     context.state[STATE_ARRAYS] = arrays_to_record(arrays)
     context.state[STATE_SCALARS] = ConfigRecord({k: v for k, v in scalars.items() if v is not None})
     if ident.state_file:
+        if keep_previous and ident.state_file.exists():
+            os.replace(ident.state_file, previous_state_file(ident.state_file))
         state.save(ident.state_file)
 
 
@@ -134,11 +168,13 @@ def handle_train(msg: Message, context: Context, base: FedReIDConfig | None = No
     _limit_threads(cfg, context)
     ident = identify(cfg, context, state_dir)
     started = time.perf_counter()
-    site = FederatedSite(cfg, site_data(cfg, ident), load_state(context, ident))
-    arrays = record_to_arrays(msg.content["arrays"])
     server_round = int(msg.content["config"]["server-round"])
+    state, redo = state_for_round(context, ident, server_round)
+    site = FederatedSite(cfg, site_data(cfg, ident), state)
+    arrays = record_to_arrays(msg.content["arrays"])
     reply_arrays, metrics = site.train_round(arrays, server_round)
-    save_state(context, ident, site.state)
+    save_state(context, ident, site.state, keep_previous=not redo)
+    metrics["redone_round"] = float(redo)
     metrics["round_seconds"] = time.perf_counter() - started
     return _reply(msg, reply_arrays, metrics, ident, cfg)
 

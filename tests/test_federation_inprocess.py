@@ -6,6 +6,8 @@ round flow, private state, failures and resume are exercised in seconds.
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -102,6 +104,24 @@ def test_resume_gives_the_same_next_round(tiny_data, tmp_path):
                                    err_msg=key)
     rounds = [r["round"] for r in load_records(tmp_path / "b") if r["kind"] == "train"]
     assert rounds == [1, 2]
+
+
+def test_a_round_redone_after_a_coordinator_crash_starts_from_the_earlier_site_state(tiny_data, tmp_path):
+    """Sites saved round 2, the coordinator died before aggregating it: the resumed run redoes
+    round 2, and each site trains it from its state after round 1 (not pruning twice)."""
+    cfg1, cfg2 = tiny_config(tiny_data, rounds=1), tiny_config(tiny_data, rounds=2)
+    run_server(federation(cfg1, tmp_path / "state"), cfg1, tmp_path / "b", node_wait_s=1)
+    shutil.copytree(tmp_path / "b", tmp_path / "c")  # the coordinator's files after round 1
+    done = run_server(federation(cfg2, tmp_path / "state"), cfg2, tmp_path / "b", resume=True, node_wait_s=1)
+    # "crash": the coordinator lost round 2; the sites' state files already hold it
+    redone = run_server(federation(cfg2, tmp_path / "state"), cfg2, tmp_path / "c", resume=True, node_wait_s=1)
+    round2 = [r for r in load_records(tmp_path / "c") if r["kind"] == "train"][-1]
+    assert round2["round"] == 2 and all(s["redone_round"] == 1.0 for s in round2["sites"].values())
+    first = [r for r in load_records(tmp_path / "b") if r["kind"] == "train"][-1]
+    for site, metrics in first["sites"].items():
+        assert round2["sites"][site]["prune_ratio"] == pytest.approx(metrics["prune_ratio"])
+    for key, value in done.state.global_state.items():
+        np.testing.assert_allclose(redone.state.global_state[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
 
 
 @pytest.mark.parametrize("strategy", ["fedcapr", "fedpav", "fedavg"])

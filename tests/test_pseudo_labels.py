@@ -140,6 +140,7 @@ def test_site_neighbourhood_shrinks_on_small_sites():
     from fedreid.pseudo_labels import site_neighbourhood
 
     assert site_neighbourhood(120, 20, 6) == (8, 3)
-    assert site_neighbourhood(30, 20, 6) == (4, 2)
-    assert site_neighbourhood(1000, 20, 6) == (20, 6)
-    assert site_neighbourhood(5000, 30, 6) == (30, 6)
+    assert site_neighbourhood(1002, 20, 6) == (10, 4)
+    assert site_neighbourhood(5000, 20, 6) == (20, 6)
+    assert site_neighbourhood(12936, 30, 6) == (30, 6)  # Market-sized: FedCAPR's values
+    assert site_neighbourhood(30, 4, 6) == (4, 2)  # never above the configured values

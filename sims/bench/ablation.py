@@ -33,6 +33,34 @@ VARIANTS = {
 }
 
 
+def run_variants(variants: dict[str, list[str]], overrides: list[str], out: Path,
+                 extra_columns: dict | None = None) -> str:
+    """Run FedKLPR once per variant (in-process federation); returns the Markdown table.
+
+    ``extra_columns`` maps a column name to a function of the run folder (e.g. a figure read
+    from its metrics); they follow the standard columns.
+    """
+    extra_columns = extra_columns or {}
+    rows = []
+    for name, switch in variants.items():
+        cfg = load_config([*strategy_overrides("fedklpr"), *overrides, *switch])
+        root = ensure_data_root(cfg.data.root, sites=cfg.data.sites, synth_scale=cfg.data.synth_scale,
+                                synth_seed=cfg.data.synth_seed)
+        cfg = replace(cfg, data=replace(cfg.data, root=str(root)))
+        run_dir = out / name.replace(" ", "-").replace("(", "").replace(")", "").replace("=", "")
+        started = time.perf_counter()
+        grid = InProcessGrid(make_client_app(cfg, state_dir=run_dir / "site-state"),
+                             {i + 1: {"partition-id": i} for i in range(len(cfg.data.sites))})
+        run_server(grid, cfg, run_dir, node_wait_s=1)
+        c = run_curves(run_dir)
+        rows.append([name, c["mAP"][-1], c["rank1"][-1], c["personal_mAP"][-1],
+                     c["bytes_up"] + c["bytes_down"], time.perf_counter() - started,
+                     *(fn(run_dir) for fn in extra_columns.values())])
+        print(f"{name}: mAP {c['mAP'][-1]:.4f}", flush=True)
+    return markdown_table(["variant", "mean mAP", "mean Rank-1", "personal mAP", "bytes up+down", "seconds",
+                           *extra_columns], rows)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="")
@@ -40,22 +68,7 @@ def main() -> None:
     args = p.parse_args()
     set_task_identity()
     out = Path(args.out or tempfile.mkdtemp(prefix="fedreid-ablation-"))
-    rows = []
-    for name, switch in VARIANTS.items():
-        cfg = load_config([*strategy_overrides("fedklpr"), *args.overrides, *switch])
-        root = ensure_data_root(cfg.data.root, sites=cfg.data.sites, synth_scale=cfg.data.synth_scale,
-                                synth_seed=cfg.data.synth_seed)
-        cfg = replace(cfg, data=replace(cfg.data, root=str(root)))
-        run_dir = out / name.replace(" ", "-").replace("(", "").replace(")", "")
-        started = time.perf_counter()
-        grid = InProcessGrid(make_client_app(cfg, state_dir=run_dir / "site-state"),
-                             {i + 1: {"partition-id": i} for i in range(len(cfg.data.sites))})
-        run_server(grid, cfg, run_dir, node_wait_s=1)
-        c = run_curves(run_dir)
-        rows.append([name, c["mAP"][-1], c["rank1"][-1], c["personal_mAP"][-1],
-                     c["bytes_up"] + c["bytes_down"], time.perf_counter() - started])
-        print(f"{name}: mAP {c['mAP'][-1]:.4f}", flush=True)
-    table = markdown_table(["variant", "mean mAP", "mean Rank-1", "personal mAP", "bytes up+down", "seconds"], rows)
+    table = run_variants(VARIANTS, args.overrides, out)
     print(f"\n{table}\nrun folders: {out}")
     (out / "ablation.md").write_text(table)
 
