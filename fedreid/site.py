@@ -258,7 +258,7 @@ class FederatedSite:
 
         # Private state and the reply.
         self.state.private = _to_numpy(self.trainer.method.private_state())
-        if not cfg.agg.share_buffers:
+        if not cfg.agg.share_buffers or cfg.dp.enabled:  # DP does not privatise BN statistics
             buffers = {name for name, _ in model.named_buffers()}
             self.state.local_buffers = {k: v for k, v in shared.items() if k in buffers}
         self.state.rounds_trained += 1
@@ -275,6 +275,9 @@ class FederatedSite:
     def evaluate_round(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:
         """mAP/Rank-1 of the global model and of the site's personalised (masked) model."""
         state, _ = decode_sparse(arrays)
+        if self.state.local_buffers and self.cfg.dp.enabled:
+            # the global BN statistics are never updated under DP: use the site's own
+            state.update(self.state.local_buffers)
         model = self.trainer.model
         load_shared_state_dict(model, _to_torch(state), strict=False)
         out = {f"global_{k}": v for k, v in self.trainer.evaluate().items()}

@@ -15,7 +15,9 @@ applied here with Flower's own clipping primitive:
   element the Gaussian mechanism with multiplier ``z`` (:class:`NoiseScale`). With uniform
   weights and no pruning this is Flower's ``z · C / n``.
 
-What it does not cover, stated in docs/choices.md: the aggregation weights (KLAW, PRAW) and
+BN running statistics are not privatised: with DP on they stay on each site, and a reply
+carries the downloaded ones back unchanged (:data:`LOCAL_SUFFIXES`), so they say nothing of the
+site and get no noise. What else it does not cover, stated in docs/choices.md: the aggregation weights (KLAW, PRAW) and
 the pruning masks are computed from local data and sent as they are; the (ε, δ) figure
 (:func:`gaussian_epsilon`, RDP of the Gaussian mechanism, no sampling amplification) is a
 guarantee for the model values given those.
@@ -29,7 +31,12 @@ from collections.abc import Mapping
 import numpy as np
 from flwr.supercore.differential_privacy import compute_clip_model_update, get_norm
 
-RUNNING_VAR_FLOOR = 1e-5  # noise must not make a BN variance negative
+LOCAL_SUFFIXES = ("running_mean", "running_var")  # BN statistics: kept on the site under DP
+
+
+def privatised_keys(state: Mapping[str, np.ndarray]) -> list[str]:
+    """The float tensors whose values a site releases: all but the BN running statistics."""
+    return [k for k, v in state.items() if np.asarray(v).dtype.kind == "f" and not k.endswith(LOCAL_SUFFIXES)]
 
 
 def clip_to_download(
@@ -41,12 +48,14 @@ def clip_to_download(
     """``(state with its float update clipped to norm C, the update's norm before)``.
 
     The base is the download times the site's current mask, so pruning (a weight set to 0)
-    is part of the update and pruned elements stay exactly 0 after clipping.
+    is part of the update and pruned elements stay exactly 0 after clipping. BN running
+    statistics are replaced by the downloaded ones (the site keeps its own).
     """
     if clipping_norm <= 0:
         raise ValueError(f"dp.clipping_norm must be > 0, got {clipping_norm}")
-    keys = [k for k, v in state.items() if np.asarray(v).dtype.kind == "f"]
-    missing = [k for k in keys if k not in download]
+    keys = privatised_keys(state)
+    local = [k for k in state if k.endswith(LOCAL_SUFFIXES)]
+    missing = [k for k in keys + local if k not in download]
     if missing:
         raise ValueError(f"the download lacks {missing[:3]}: cannot clip the update against it")
     new = [np.asarray(state[k], dtype=np.float32) for k in keys]
@@ -55,6 +64,7 @@ def clip_to_download(
     norm = get_norm([n - b for n, b in zip(new, base, strict=True)])
     compute_clip_model_update(new, base, clipping_norm)  # new[i] = base[i] + clip(new - base)
     out = dict(state)
+    out.update({k: np.asarray(download[k]).astype(np.asarray(state[k]).dtype, copy=False) for k in local})
     for k, v in zip(keys, new, strict=True):
         out[k] = v.astype(np.asarray(state[k]).dtype, copy=False)
     return out, norm
@@ -64,7 +74,7 @@ class NoiseScale:
     """Per element, the largest effective weight of one site in the aggregate (``s_j``)."""
 
     def __init__(self, global_state: Mapping[str, np.ndarray], mask_aware: bool = True):
-        self.keys = [k for k, v in global_state.items() if np.asarray(v).dtype.kind == "f"]
+        self.keys = privatised_keys(global_state)
         self.shapes = {k: np.asarray(global_state[k]).shape for k in self.keys}
         self.mask_aware = mask_aware
         self._sum = {k: np.zeros(self.shapes[k], np.float32) for k in self.keys}
@@ -102,8 +112,6 @@ def add_noise(
         std = (noise_multiplier * clipping_norm) * s
         top = max(top, float(std.max(initial=0.0)))
         noisy = np.asarray(state[k], dtype=np.float32) + rng.standard_normal(s.shape, dtype=np.float32) * std
-        if k.endswith("running_var"):
-            np.maximum(noisy, RUNNING_VAR_FLOOR, out=noisy)
         out[k] = noisy.astype(np.asarray(state[k]).dtype, copy=False)
     return out, top
 

@@ -56,7 +56,7 @@ def run_variants(variants: dict[str, list[str]], overrides: list[str], out: Path
         rows.append([name, c["mAP"][-1], c["rank1"][-1], c["personal_mAP"][-1],
                      c["bytes_up"] + c["bytes_down"], time.perf_counter() - started,
                      *(fn(run_dir) for fn in extra_columns.values())])
-        print(f"{name}: mAP {c['mAP'][-1]:.4f}", flush=True)
+        print(f"{name}: mAP {c['mAP'][-1]}", flush=True)  # None when every site failed
     return markdown_table(["variant", "mean mAP", "mean Rank-1", "personal mAP", "bytes up+down", "seconds",
                            *extra_columns], rows)
 
