@@ -28,6 +28,8 @@ def test_overrides_are_typed():
         ("prune.target=1.5", ["prune.target", "[0, 1]"]),
         ("train.batch_size=30", ["train.batch_size", "num_instances"]),
         ("rounds", ["key=value"]),
+        ("dp.clipping_norm=0", ["dp.clipping_norm", "> 0"]),
+        ("dp.delta=2", ["dp.delta", "(0, 1)"]),
     ],
 )
 def test_bad_overrides_name_the_key(override, words):

@@ -82,6 +82,12 @@ def validate(cfg: FedReIDConfig) -> None:
     for key in ("train.batch_size", "train.num_instances", "fl.rounds", "train.epochs"):
         if int(flat[key]) < 1:
             raise ConfigError(f"{key}={flat[key]} must be at least 1")
+    dp = cfg.dp
+    if dp.clipping_norm <= 0 or dp.noise_multiplier < 0 or not 0 < dp.delta < 1:
+        raise ConfigError(
+            f"dp.clipping_norm={dp.clipping_norm} must be > 0, dp.noise_multiplier="
+            f"{dp.noise_multiplier} >= 0 and dp.delta={dp.delta} in (0, 1)"
+        )
     if cfg.train.batch_size % cfg.train.num_instances:
         raise ConfigError(
             f"train.batch_size={cfg.train.batch_size} must be a multiple of "
