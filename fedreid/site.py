@@ -126,19 +126,24 @@ class FederatedSite:
         return {k: torch.from_numpy(v).to(self.trainer.device) for k, v in self.state.masks.items()}
 
     # ---- download ---------------------------------------------------------------------
-    def load_global(self, arrays: dict[str, np.ndarray]) -> None:
-        """Load the downloaded (possibly sparse-encoded) shared model into the site's net."""
-        state, _ = decode_sparse(arrays)
-        if self.state.local_buffers:  # FedPav-style: BN statistics stay local
-            state.update(self.state.local_buffers)
+    def load_global(self, arrays: dict[str, np.ndarray], *, local_buffers: bool = True,
+                    masked: bool = True) -> dict[str, np.ndarray]:
+        """Load the downloaded (possibly sparse-encoded) shared model into the site's net, with
+        the site's own BN statistics where it keeps them (``local_buffers``) and its mask
+        (``masked``); returns the download as decoded, before either."""
+        download, _ = decode_sparse(arrays)
+        state = download
+        if local_buffers and self.state.local_buffers:  # FedPav-style: BN statistics stay local
+            state = {**download, **self.state.local_buffers}
         missing, unexpected = load_shared_state_dict(self.trainer.model, _to_torch(state), strict=False)
         if unexpected:
             raise ValueError(
                 f"downloaded model has keys this site's model lacks: {unexpected[:5]}; server and "
                 f"site must use the same model.arch (site has {self.cfg.model.arch})"
             )
-        if self.state.masks:
+        if masked and self.state.masks:
             apply_masks(self.trainer.model, self._device_masks())
+        return download
 
     # ---- scores for CRR -----------------------------------------------------------------
     def crr_score(self) -> float:
@@ -175,7 +180,7 @@ class FederatedSite:
                     progress=None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         cfg = self.cfg
         model = self.trainer.model
-        self.load_global(arrays)
+        download = self.load_global(arrays)
         metrics: dict[str, float] = {}
 
         # CRR compares downloaded models across rounds: the score of this round's download
@@ -265,7 +270,7 @@ class FederatedSite:
         self.state.last_round = server_round
         masks = self.state.masks if (cfg.prune.enabled and self.state.masks) else {}
         if cfg.dp.enabled:
-            shared, norm = clip_to_download(shared, decode_sparse(arrays)[0], masks, cfg.dp.clipping_norm)
+            shared, norm = clip_to_download(shared, download, masks, cfg.dp.clipping_norm)
             metrics["dp_update_norm"] = norm
             metrics["dp_clipped"] = float(norm > cfg.dp.clipping_norm)
         reply = encode_sparse(shared, masks, value_dtype=cfg.codec.value_dtype)
@@ -274,12 +279,9 @@ class FederatedSite:
     # ---- evaluation -------------------------------------------------------------------------
     def evaluate_round(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:
         """mAP/Rank-1 of the global model and of the site's personalised (masked) model."""
-        state, _ = decode_sparse(arrays)
-        if self.state.local_buffers and self.cfg.dp.enabled:
-            # the global BN statistics are never updated under DP: use the site's own
-            state.update(self.state.local_buffers)
+        # Under DP the global BN statistics are never updated: the site evaluates with its own.
+        self.load_global(arrays, local_buffers=self.cfg.dp.enabled, masked=False)
         model = self.trainer.model
-        load_shared_state_dict(model, _to_torch(state), strict=False)
         out = {f"global_{k}": v for k, v in self.trainer.evaluate().items()}
         if self.state.masks or self.state.local_buffers:
             if self.state.local_buffers:

@@ -90,3 +90,14 @@ def test_files_and_overrides_win_over_strategy_presets(tmp_path):
 def test_demo_config_loads():
     cfg = load_config([], ROOT / "sims" / "configs" / "demo.yaml")
     assert cfg.method.name == "bot" and cfg.fl.rounds >= 3
+
+
+def test_the_library_never_imports_flower():
+    """DESIGN.md: fedreid/ is pure PyTorch/NumPy; Flower glue lives in server/ and clients/."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "fedreid"
+    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
+                 if re.search(r"^\s*(import flwr|from flwr)", p.read_text(), re.MULTILINE)]
+    assert offenders == []

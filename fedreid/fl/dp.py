@@ -3,7 +3,8 @@
 Flower's ``DifferentialPrivacyClientSideFixedClipping`` wrapper needs one dense ArrayRecord
 per reply and FedAvg's uniform aggregate; FedKLPR's replies are sparse-encoded and averaged
 with KLPWA weights and SAS, so the same mechanism (McMahan et al. 2018, "DP-FedAvg") is
-applied here with Flower's own clipping primitive:
+applied here, with the flat clipping of Flower's ``compute_clip_model_update`` (this package
+does not import Flower):
 
 - a site clips its update against the model it downloaded, ``θ = b + clip(θ − b, C)``,
   ``b`` = the download restricted to the site's mask, over every float tensor
@@ -29,7 +30,6 @@ import math
 from collections.abc import Mapping
 
 import numpy as np
-from flwr.supercore.differential_privacy import compute_clip_model_update, get_norm
 
 LOCAL_SUFFIXES = ("running_mean", "running_var")  # BN statistics: kept on the site under DP
 
@@ -58,15 +58,16 @@ def clip_to_download(
     missing = [k for k in keys + local if k not in download]
     if missing:
         raise ValueError(f"the download lacks {missing[:3]}: cannot clip the update against it")
-    new = [np.asarray(state[k], dtype=np.float32) for k in keys]
-    base = [np.asarray(download[k], dtype=np.float32) * masks[k] if k in masks
-            else np.asarray(download[k], dtype=np.float32) for k in keys]
-    norm = get_norm([n - b for n, b in zip(new, base, strict=True)])
-    compute_clip_model_update(new, base, clipping_norm)  # new[i] = base[i] + clip(new - base)
+    base = {k: np.asarray(download[k], dtype=np.float32) * masks[k] if k in masks
+            else np.asarray(download[k], dtype=np.float32) for k in keys}
+    update = {k: np.asarray(state[k], dtype=np.float32) - base[k] for k in keys}
+    norm = float(np.sqrt(sum(float(np.vdot(u, u)) for u in update.values())))
+    scale = min(1.0, clipping_norm / norm) if norm > 0 else 1.0
     out = dict(state)
-    out.update({k: np.asarray(download[k]).astype(np.asarray(state[k]).dtype, copy=False) for k in local})
-    for k, v in zip(keys, new, strict=True):
-        out[k] = v.astype(np.asarray(state[k]).dtype, copy=False)
+    for k in local:
+        out[k] = np.asarray(download[k]).astype(np.asarray(state[k]).dtype, copy=False)
+    for k in keys:
+        out[k] = (base[k] + scale * update[k]).astype(np.asarray(state[k]).dtype, copy=False)
     return out, norm
 
 
@@ -82,9 +83,9 @@ class NoiseScale:
 
     def add(self, weight: float, masks: Mapping[str, np.ndarray]) -> None:
         """One accepted site: its aggregation weight and its masks (missing = kept all)."""
+        w = np.float32(weight)
         for k in self.keys:
-            w = np.float32(weight)
-            contrib = masks[k] * w if (self.mask_aware and k in masks) else np.full(self.shapes[k], w, np.float32)
+            contrib = masks[k] * w if (self.mask_aware and k in masks) else w  # a scalar broadcasts
             self._sum[k] += contrib
             np.maximum(self._max[k], contrib, out=self._max[k])
 
