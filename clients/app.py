@@ -12,7 +12,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from clients.faults import mods_from_env
-from clients.runtime import handle_evaluate, handle_train
+from clients.runtime import handle_evaluate, handle_query, handle_train
 from fedreid.config.schema import FedReIDConfig
 
 
@@ -26,6 +26,10 @@ def make_client_app(cfg: FedReIDConfig | None = None, state_dir: Path | None = N
     @client.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         return handle_evaluate(msg, context, cfg, state_dir)
+
+    @client.query()
+    def query(msg: Message, context: Context) -> Message:
+        return handle_query(msg, context, cfg, state_dir)
 
     return client
 

@@ -18,7 +18,7 @@ import numpy as np
 from flwr.app import Context, Message, MetricRecord
 from flwr.common.logger import log
 
-from server.records import arrays_to_record, record_to_arrays
+from wire.records import arrays_to_record, record_to_arrays
 
 ENV_VAR = "FEDREID_INJECT_FAULTS"
 NORM_FACTOR = 1e4  # "norm": every float value of the reply is multiplied by this

@@ -1,16 +1,17 @@
 """A site's runtime behind the ClientApp: which site this node is, its data and its state.
 
-Thin glue: the round itself is :class:`fedreid.site.FederatedSite`. What the site remembers
-between rounds (mask, CRR backup, head or memory) goes to ``Context.state`` and, when the
-node has a state directory, to ``<state-dir>/<site>.pt`` after every round, so a restarted
-site continues where it stopped. Nothing private is put in a reply.
+Thin glue: the round itself is :class:`fedreid.federated_client.FederatedClient`. What the
+site remembers between rounds (mask, CRR backup, head or memory) goes to ``Context.state``
+and, when the node has a state directory, to ``<state-dir>/<site>.pt`` after every round, so
+a restarted site continues where it stopped. Nothing private is put in a reply.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from logging import WARNING
 from pathlib import Path
 from typing import Any
@@ -20,39 +21,39 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 
+from fedreid.client_state import ClientState
 from fedreid.config import from_flat
 from fedreid.config.schema import FedReIDConfig
-from fedreid.engine import SiteData, load_site
-from fedreid.site import FederatedSite, SiteState
-from server.records import arrays_to_record, record_to_arrays
+from fedreid.data.split_images import SplitImages, load_split_images
+from fedreid.federated_client import FederatedClient
+from fedreid.methods import get_method
+from fedreid.training import initial_shared_state
+from wire.records import arrays_to_record, record_to_arrays
 
 STATE_ARRAYS = "fedreid.site-arrays"
 STATE_SCALARS = "fedreid.site-scalars"
-_DATA_CACHE: dict[tuple[str, str, int, int], SiteData] = {}
+_DATA_CACHE: dict[tuple[str, str, int, int], SplitImages] = {}
 
 
 @dataclass(frozen=True)
-class SiteIdentity:
+class NodeBinding:
+    """Which site a node serves, the method it runs, and where its data and state live."""
+
     name: str
+    method: str
     data_dir: Path
     dataset: str
     state_file: Path | None
 
 
 def config_for(context: Context, base: FedReIDConfig | None) -> FedReIDConfig:
-    """The run's config (from the simulation harness or Flower's run config) + node overrides."""
+    """The run's config (from the simulation harness or Flower's run config) + node device."""
     cfg = base if base is not None else from_flat(dict(context.run_config))
     node = dict(context.node_config)
-    overrides = {k: node[k] for k in ("method", "device") if k in node}
-    if overrides:
-        from dataclasses import replace
-
-        cfg = replace(cfg, device=str(overrides.get("device", cfg.device)),
-                      method=replace(cfg.method, name=str(overrides.get("method", cfg.method.name))))
-    return cfg
+    return replace(cfg, device=str(node["device"])) if "device" in node else cfg
 
 
-def identify(cfg: FedReIDConfig, context: Context, state_dir: Path | None) -> SiteIdentity:
+def identify(cfg: FedReIDConfig, context: Context, state_dir: Path | None) -> NodeBinding:
     """Simulation nodes are numbered (``partition-id``); deployed nodes name their site."""
     node = dict(context.node_config)
     if "site" in node:
@@ -75,26 +76,31 @@ def identify(cfg: FedReIDConfig, context: Context, state_dir: Path | None) -> Si
             "--node-config 'site=\"NAME\" data-root=\"/path\"' (see `fedreid site join`)"
         )
     folder = state_dir or (Path(str(node["state-dir"])) if "state-dir" in node else None)
-    return SiteIdentity(name, data_dir, dataset, folder / f"{name}.pt" if folder else None)
+    method = str(node.get("method") or cfg.method_of(name))  # `fedreid site join --method`
+    return NodeBinding(name, method, data_dir, dataset, folder / f"{name}.pt" if folder else None)
 
 
-def site_data(cfg: FedReIDConfig, ident: SiteIdentity) -> SiteData:
+def site_images(cfg: FedReIDConfig, ident: NodeBinding) -> SplitImages:
     """Decoded images, cached per process (simulation actors serve several sites)."""
     key = (str(ident.data_dir), ident.dataset, cfg.data.height, cfg.data.width)
     if key not in _DATA_CACHE:
-        _DATA_CACHE[key] = load_site(ident.data_dir, ident.dataset, (cfg.data.height, cfg.data.width),
-                                     seed=cfg.seed)
+        _DATA_CACHE[key] = load_split_images(ident.data_dir, ident.dataset,
+                                             (cfg.data.height, cfg.data.width), seed=cfg.seed)
     return _DATA_CACHE[key]
 
 
-def load_state(context: Context, ident: SiteIdentity) -> SiteState:
+def client_for(cfg: FedReIDConfig, ident: NodeBinding, state: ClientState | None = None) -> FederatedClient:
+    return FederatedClient(cfg, site_images(cfg, ident), state, method_name=ident.method)
+
+
+def load_state(context: Context, ident: NodeBinding) -> ClientState:
     if STATE_ARRAYS in context.state.array_records:
         arrays = record_to_arrays(context.state[STATE_ARRAYS])
         scalars = dict(context.state[STATE_SCALARS]) if STATE_SCALARS in context.state.config_records else {}
-        return SiteState.from_flat(arrays, scalars)
+        return ClientState.from_flat(arrays, scalars)
     if ident.state_file and ident.state_file.exists():
-        return SiteState.load(ident.state_file)
-    return SiteState()
+        return ClientState.load(ident.state_file)
+    return ClientState()
 
 
 def previous_state_file(state_file: Path) -> Path:
@@ -102,7 +108,7 @@ def previous_state_file(state_file: Path) -> Path:
     return state_file.with_suffix(".prev.pt")
 
 
-def state_for_round(context: Context, ident: SiteIdentity, server_round: int) -> tuple[SiteState, bool]:
+def state_for_round(context: Context, ident: NodeBinding, server_round: int) -> tuple[ClientState, bool]:
     """The state to train ``server_round`` from, and whether the round is being redone.
 
     A coordinator that crashed after this site saved round r but before it aggregated the
@@ -114,7 +120,7 @@ def state_for_round(context: Context, ident: SiteIdentity, server_round: int) ->
         return state, False
     prev_file = previous_state_file(ident.state_file)
     if prev_file.exists():
-        prev = SiteState.load(prev_file)
+        prev = ClientState.load(prev_file)
         if prev.last_round < server_round:
             log(WARNING, "site %s: round %d is being redone (coordinator resumed); training from the "
                 "state saved after round %d", ident.name, server_round, prev.last_round)
@@ -124,7 +130,7 @@ def state_for_round(context: Context, ident: SiteIdentity, server_round: int) ->
     return state, False
 
 
-def save_state(context: Context, ident: SiteIdentity, state: SiteState, keep_previous: bool = False) -> None:
+def save_state(context: Context, ident: NodeBinding, state: ClientState, keep_previous: bool = False) -> None:
     """Context.state (this run) and the state file (across restarts). ``keep_previous``: move
     the state file being replaced to ``<site>.prev.pt`` first (see :func:`state_for_round`)."""
     arrays, scalars = state.to_flat()
@@ -151,11 +157,11 @@ def _limit_threads(cfg: FedReIDConfig, context: Context) -> None:
 
 
 def _reply(msg: Message, arrays: dict[str, np.ndarray] | None, metrics: dict[str, Any],
-           ident: SiteIdentity, cfg: FedReIDConfig) -> Message:
+           ident: NodeBinding) -> Message:
     content = RecordDict({
         "metrics": MetricRecord({k: float(v) for k, v in metrics.items()
                                  if isinstance(v, (int, float, np.floating)) and np.isfinite(v)}),
-        "meta": ConfigRecord({"site": ident.name, "method": cfg.method.name}),
+        "meta": ConfigRecord({"site": ident.name, "method": ident.method}),
     })
     if arrays is not None:
         content["arrays"] = arrays_to_record(arrays)
@@ -170,13 +176,13 @@ def handle_train(msg: Message, context: Context, base: FedReIDConfig | None = No
     started = time.perf_counter()
     server_round = int(msg.content["config"]["server-round"])
     state, redo = state_for_round(context, ident, server_round)
-    site = FederatedSite(cfg, site_data(cfg, ident), state)
+    client = client_for(cfg, ident, state)
     arrays = record_to_arrays(msg.content["arrays"])
-    reply_arrays, metrics = site.train_round(arrays, server_round)
-    save_state(context, ident, site.state, keep_previous=not redo)
+    reply_arrays, metrics = client.train_round(arrays, server_round)
+    save_state(context, ident, client.state, keep_previous=not redo)
     metrics["redone_round"] = float(redo)
     metrics["round_seconds"] = time.perf_counter() - started
-    return _reply(msg, reply_arrays, metrics, ident, cfg)
+    return _reply(msg, reply_arrays, metrics, ident)
 
 
 def handle_evaluate(msg: Message, context: Context, base: FedReIDConfig | None = None,
@@ -184,6 +190,22 @@ def handle_evaluate(msg: Message, context: Context, base: FedReIDConfig | None =
     cfg = config_for(context, base)
     _limit_threads(cfg, context)
     ident = identify(cfg, context, state_dir)
-    site = FederatedSite(cfg, site_data(cfg, ident), load_state(context, ident))
+    client = client_for(cfg, ident, load_state(context, ident))
     arrays = record_to_arrays(msg.content["arrays"])
-    return _reply(msg, None, site.evaluate_round(arrays), ident, cfg)
+    return _reply(msg, None, client.evaluate_round(arrays), ident)
+
+
+def handle_query(msg: Message, context: Context, base: FedReIDConfig | None = None,
+                 state_dir: Path | None = None) -> Message:
+    """Admission: which site this node is, its method, and the signature (key → shape,
+    dtype) of what it would send, so the coordinator can refuse a site that does not fit."""
+    cfg = config_for(context, base)
+    _limit_threads(cfg, context)
+    ident = identify(cfg, context, state_dir)
+    state = initial_shared_state(cfg, ident.method)
+    signature = {k: [list(v.shape), str(v.dtype)] for k, v in state.items()}
+    content = RecordDict({"meta": ConfigRecord({
+        "site": ident.name, "method": ident.method,
+        "arch": get_method(ident.method).arch(cfg.model), "signature": json.dumps(signature),
+    })})
+    return Message(content=content, reply_to=msg)

@@ -15,10 +15,11 @@ Schedule (``magnitude_prune``): each call removes ``step`` of the *currently rem
 weights (Sub-FedAvg/LotteryFL style "p % of what is left"), smallest ``|w|`` first, and never
 lets the overall sparsity of the prunable weights exceed ``target``. The number pruned is
 ``min(floor(step * remaining), floor(target * total) - already_pruned)``, exactly.
-``scope="layer"`` (default; the baselines' choice, keeps thin layers alive) gives every
-tensor its proportional share of that number (floor or ceil of its exact share, largest
-remainder first), each taken by magnitude within the tensor; ``scope="global"`` takes the
-smallest weights across all tensors. Ties at a threshold are broken by position (tensor
+``scope="global"`` (default, FedKLPR's) takes the smallest weights across all tensors;
+``scope="layer"`` (the baselines' choice, keeps thin layers alive) gives every tensor its
+proportional share of that number (floor or ceil of its exact share, largest remainder
+first), each taken by magnitude within the tensor. When a site prunes is
+:func:`pruning_due`, a pure function of the round and the schedule. Ties at a threshold are broken by position (tensor
 order, then row-major index), so results are deterministic.
 
 Training with masks: after ``loss.backward()`` call ``mask_gradients(model, masks)``; after
@@ -38,7 +39,7 @@ from torch import nn
 StateLike = nn.Module | Mapping[str, torch.Tensor]
 
 _KINDS = ("conv", "linear")
-_SCOPES = ("layer", "global")
+SCOPES = ("global", "layer")
 
 
 def _tensors(model_or_state: StateLike) -> dict[str, torch.Tensor]:
@@ -157,7 +158,7 @@ def magnitude_prune(
     masks: Mapping[str, torch.Tensor],
     step: float,
     target: float,
-    scope: str = "layer",
+    scope: str = "global",
 ) -> dict[str, torch.Tensor]:
     """New masks with ``step`` of the remaining weights pruned by |w|, capped at ``target``.
 
@@ -168,8 +169,8 @@ def magnitude_prune(
         raise ValueError(f"step: {step} is outside [0, 1]; it is a fraction of remaining weights")
     if not 0.0 <= target <= 1.0:
         raise ValueError(f"target: {target} is outside [0, 1]; it is an overall sparsity")
-    if scope not in _SCOPES:
-        raise ValueError(f"scope: {scope!r} is not one of {_SCOPES}")
+    if scope not in SCOPES:
+        raise ValueError(f"scope: {scope!r} is not one of {SCOPES}")
     tensors = _tensors(model_or_state)
     _checked(tensors, masks)
     new = {n: m.clone() for n, m in masks.items()}
@@ -203,6 +204,19 @@ def magnitude_prune(
             alive_idx = masks[name].reshape(-1).nonzero().squeeze(1)
             flat_mask[alive_idx[sel]] = False
     return new
+
+
+def pruning_due(server_round: int, *, start_round: int, every: int, sparsity_now: float,
+                target: float, allowed: bool = True) -> bool:
+    """Whether a site takes a pruning step after training ``server_round``.
+
+    Steps happen every ``every`` rounds from ``start_round`` while the site's sparsity is
+    below ``target`` and nothing (cross-round recovery) forbids it.
+    """
+    if every < 1:
+        raise ValueError(f"every={every}: prune every N >= 1 rounds")
+    on_schedule = server_round >= start_round and (server_round - start_round) % every == 0
+    return allowed and on_schedule and sparsity_now < target - 1e-12
 
 
 def apply_masks(model_or_state: StateLike, masks: Mapping[str, torch.Tensor]) -> None:

@@ -79,16 +79,25 @@ def write_summary(run_dir: Path, title: str) -> str:
     first = curves["evals"][curves["rounds"][0]]
     last = curves["evals"][curves["rounds"][-1]]
     sites = sorted(last["sites"])
+    reranked = any("global_rerank_mAP" in last["sites"][s] for s in sites)
     rows = []
     for s in sites:
         m = last["sites"][s]
         m0 = first["sites"].get(s, {})
-        rows.append([s, m0.get("global_mAP", float("nan")), m["global_mAP"], m["global_rank1"],
-                     m["personal_mAP"], m["personal_rank1"]])
-    rows.append(["**mean**", first["mean_mAP"], last["mean_mAP"], last["mean_rank1"],
-                 last.get("mean_personal_mAP", float("nan")), last.get("mean_personal_rank1", float("nan"))])
-    headers = ["site", "mAP round 0", f"mAP round {curves['rounds'][-1]}",
-               f"Rank-1 round {curves['rounds'][-1]}", "personal mAP", "personal Rank-1"]
+        row = [s, m0.get("global_mAP", float("nan")), m["global_mAP"], m["global_rank1"]]
+        if reranked:
+            row += [m.get("global_rerank_mAP", float("nan")), m.get("global_rerank_rank1", float("nan"))]
+        rows.append(row + [m["personal_mAP"], m["personal_rank1"]])
+    mean_row = ["**mean**", first["mean_mAP"], last["mean_mAP"], last["mean_rank1"]]
+    if reranked:
+        mean_row += [last.get("mean_rerank_mAP", float("nan")), last.get("mean_rerank_rank1", float("nan"))]
+    rows.append(mean_row + [last.get("mean_personal_mAP", float("nan")),
+                            last.get("mean_personal_rank1", float("nan"))])
+    final = curves["rounds"][-1]
+    headers = ["site", "mAP round 0", f"mAP round {final}", f"Rank-1 round {final}"]
+    if reranked:
+        headers += ["mAP re-ranked", "Rank-1 re-ranked"]
+    headers += ["personal mAP", "personal Rank-1"]
     trains = curves["trains"]
     last_train = trains[max(trains)] if trains else {}
     failures = sum(len(t.get("failures", [])) for t in trains.values())

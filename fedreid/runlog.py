@@ -9,8 +9,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fedreid.config import FedReIDConfig, write_run_config
-
 
 def make_run_dir(base: str | Path, name: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -21,10 +19,6 @@ def make_run_dir(base: str | Path, name: str) -> Path:
         path = Path(base) / f"{name}-{stamp}-{suffix}"
     path.mkdir(parents=True)
     return path
-
-
-def write_config(run_dir: Path, cfg: FedReIDConfig) -> None:
-    write_run_config(run_dir, cfg)
 
 
 class JsonlWriter:

@@ -11,22 +11,21 @@ from logging import INFO
 from pathlib import Path
 
 import numpy as np
-import torch
 from flwr.app import Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from fedreid.config import FedReIDConfig, from_flat, write_run_config
-from fedreid.models import build_model, shared_state_dict
 from fedreid.report import RunRecorder, write_summary
+from fedreid.training import initial_shared_state
 from server.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from server.strategy import FedReIDStrategy, ProgressFn
 
 
 def initial_state(cfg: FedReIDConfig) -> dict[str, np.ndarray]:
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model.arch, cfg.model.weights, last_stride=cfg.model.last_stride)
-    return {k: v.cpu().numpy() for k, v in shared_state_dict(model).items()}
+    """The round-0 global model: the shared part of the run's method's model (``method.name``);
+    sites running other methods must share arrays of the same shapes (admission checks)."""
+    return initial_shared_state(cfg, cfg.method.name)
 
 
 def run_server(grid: Grid, cfg: FedReIDConfig, run_dir: Path, *, resume: bool = False,

@@ -15,6 +15,7 @@ The maths lives in :mod:`fedreid.fl`; this module only adapts Flower messages to
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -38,27 +39,24 @@ from flwr.serverapp.strategy import FedAvg, Result
 
 from fedreid.config.schema import FedReIDConfig
 from fedreid.fl.accounting import serialized_nbytes
+from fedreid.fl.admission import admission_problems, signature_of
 from fedreid.fl.codec import decode_sparse, encode_sparse, npy_view, validate_encoded
 from fedreid.fl.dp import NoiseScale, add_noise, gaussian_epsilon
 from fedreid.fl.sas import SasAccumulator
-from fedreid.fl.weights import (
-    cosine_distance_weights,
-    klaw,
-    klpwa,
-    praw,
-    sample_count_weights,
-)
+from fedreid.fl.weights import site_weights
 from fedreid.report import RunRecorder
-from server.records import arrays_to_record, record_nbytes
+from wire.records import arrays_to_record, record_nbytes
 
-REQUIRED_TRAIN_METRICS = ("num-examples", "prune_ratio", "klaw", "cdw")
+REQUIRED_TRAIN_METRICS = ("num-examples", "prune_ratio", "kl_divergence", "cosine_distance")
+SIGNAL_TOLERANCE = 1e-9  # divergences this far below 0 are float rounding, not a bad site
 ProgressFn = Callable[[str, int, int, str], None]  # phase, done, total, last site
 
 
 @dataclass
-class SiteReply:
+class ValidatedUpdate:
     node_id: int
     site: str
+    method: str
     arrays: dict[str, np.ndarray]  # validated wire form; SAS folds it in without decoding
     metrics: dict[str, float]
     nbytes: int
@@ -72,6 +70,18 @@ class StrategyState:
     site_masks: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     node_site: dict[int, str] = field(default_factory=dict)
     last_round: int = 0
+
+
+def site_means(sites: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Means over the sites that report them: ``mean_<k>`` of each ``global_<k>`` and
+    ``mean_personal_<k>`` of each ``personal_<k>`` (plain, re-ranked and protocol figures)."""
+    keys = sorted({k for m in sites.values() for k in m if k.startswith(("global_", "personal_"))})
+    out = {}
+    for key in keys:
+        values = [m[key] for m in sites.values() if key in m]
+        name = key[len("global_"):] if key.startswith("global_") else key
+        out[f"mean_{name}"] = float(np.mean(values))
+    return out
 
 
 class FedReIDStrategy(FedAvg):
@@ -97,30 +107,73 @@ class FedReIDStrategy(FedAvg):
         self.progress = progress
         self.node_wait_s = node_wait_s
         self.rng = np.random.default_rng(cfg.seed)
+        self.signature = signature_of(initial_state)
+        self.refused: dict[int, str] = {}  # node -> why it may not take part (logged once)
         self._round_bytes_down = 0
         self._round_dense_down = 0
 
-    # ---- sampling with a deadline --------------------------------------------------------
+    # ---- admission and sampling with a deadline ---------------------------------------
+    def _admit_new_nodes(self, grid: Grid, nodes: list[int], timeout: float) -> None:
+        """Ask each node not yet admitted or refused which site it is and what it would send;
+        admit it when it is one of the run's sites and its arrays fit the global model."""
+        new = [n for n in nodes if n not in self.state.node_site and n not in self.refused]
+        if not new:
+            return
+        msgs = [Message(content=RecordDict({"config": ConfigRecord({})}), message_type=MessageType.QUERY,
+                        dst_node_id=n) for n in new]
+        for reply in self.exchange(grid, msgs, timeout, "admission"):
+            node = int(reply.metadata.src_node_id)
+            if reply.has_error():
+                continue  # asked again before the next round
+            meta = reply.content.config_records.get("meta", {})
+            site, method = str(meta.get("site", f"node-{node}")), str(meta.get("method", "?"))
+            try:
+                signature = {k: (tuple(v[0]), str(v[1])) for k, v in json.loads(str(meta["signature"])).items()}
+            except (KeyError, ValueError, TypeError, IndexError) as exc:
+                signature, problems = {}, [f"unreadable admission reply ({exc})"]
+            else:
+                problems = admission_problems(site, method, str(meta.get("arch", "?")), signature,
+                                              self.signature, self.cfg.data.sites)
+            taken = [n for n, s in self.state.node_site.items() if s == site and n in nodes and n != node]
+            if not problems and taken:
+                problems = [f"site {site!r} already takes part as node {taken[0]}"]
+            if problems:
+                self.refused[node] = "; ".join(problems)
+                log(WARNING, "site %s (node %s) refused: %s", site, node, self.refused[node])
+                if self.recorder:
+                    self.recorder.log("admission", self.state.last_round, site=site, node=node,
+                                      method=method, refused=self.refused[node])
+            else:
+                self.state.node_site[node] = site
+
     def _sample(self, grid: Grid, fraction: float) -> list[int]:
-        """Wait (bounded) for ``min_sites`` nodes, then sample; never hang on a dead node."""
+        """Wait (bounded) for ``min_sites`` admitted sites, then sample; never hang on a dead node."""
         deadline = time.monotonic() + self.node_wait_s
-        nodes = sorted(grid.get_node_ids())
-        while len(nodes) < self.min_sites and time.monotonic() < deadline:
-            log(INFO, "waiting for sites: %d connected, %d wanted", len(nodes), self.min_sites)
-            time.sleep(1.0)
+        asked: set[int] = set()  # a node silent to one admission query is asked again next phase
+        while True:
             nodes = sorted(grid.get_node_ids())
-        if not nodes:
+            fresh = [n for n in nodes if n not in asked]
+            asked.update(fresh)
+            self._admit_new_nodes(grid, fresh, max(1.0, deadline - time.monotonic()))
+            admitted = [n for n in nodes if n in self.state.node_site]
+            if len(admitted) >= self.min_sites or time.monotonic() >= deadline:
+                break
+            missing = sorted(set(self.cfg.data.sites) - {self.state.node_site[n] for n in admitted})
+            log(INFO, "waiting for sites: %d of %d admitted (missing: %s)", len(admitted),
+                self.min_sites, ", ".join(missing) or "?")
+            time.sleep(1.0)
+        if not admitted:
             raise RuntimeError(
-                f"no site connected within {self.node_wait_s:.0f} s; start the sites "
-                "(`fedreid site join`) or raise the wait"
+                f"no site admitted within {self.node_wait_s:.0f} s (refused: {len(self.refused)}); "
+                "start the sites (`fedreid site join`) or raise the wait"
             )
-        if len(nodes) < self.min_sites:
+        if len(admitted) < self.min_sites:
             log(WARNING, "proceeding with %d of %d wanted sites after %.0f s",
-                len(nodes), self.min_sites, self.node_wait_s)
-        size = max(1, int(round(len(nodes) * fraction)))
+                len(admitted), self.min_sites, self.node_wait_s)
+        size = max(1, int(round(len(admitted) * fraction)))
         # Sample positions, not ids: node ids are up to 2**64 and numpy would turn them into floats.
-        picked = self.rng.choice(len(nodes), size=size, replace=False)
-        return sorted(int(nodes[i]) for i in picked)
+        picked = self.rng.choice(len(admitted), size=size, replace=False)
+        return sorted(int(admitted[i]) for i in picked)
 
     # ---- train ---------------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -184,8 +237,8 @@ class FedReIDStrategy(FedAvg):
             server_round, top_std, epsilon, dp.delta, server_round)
         return {"dp_noise_std_max": top_std, "dp_epsilon": epsilon}
 
-    def _accept_train_replies(self, replies: Iterable[Message]) -> tuple[list[SiteReply], list[dict]]:
-        accepted: list[SiteReply] = []
+    def _accept_train_replies(self, replies: Iterable[Message]) -> tuple[list[ValidatedUpdate], list[dict]]:
+        accepted: list[ValidatedUpdate] = []
         failures: list[dict] = []
         for msg in replies:
             node = int(msg.metadata.src_node_id)
@@ -198,18 +251,23 @@ class FedReIDStrategy(FedAvg):
             except ValueError as exc:
                 failures.append({"site": site, "node": node, "reason": str(exc)[:500]})
                 continue
-            self.state.node_site[node] = reply.site
+            admitted = self.state.node_site.get(node)
+            if admitted is not None and reply.site != admitted:
+                failures.append({"site": admitted, "node": node,
+                                 "reason": f"reply claims site {reply.site!r}, admitted as {admitted!r}"})
+                continue
             accepted.append(reply)
         for f in failures:
             log(WARNING, "rejected reply from site %s (node %s): %s", f["site"], f["node"], f["reason"])
         return accepted, failures
 
-    def _decode_reply(self, msg: Message) -> SiteReply:
+    def _decode_reply(self, msg: Message) -> ValidatedUpdate:
         content = msg.content
         if "arrays" not in content.array_records or "metrics" not in content.metric_records:
             raise ValueError("reply lacks the 'arrays' ArrayRecord or the 'metrics' MetricRecord")
         meta = content.config_records.get("meta")
         site = str(meta["site"]) if meta and "site" in meta else f"node-{msg.metadata.src_node_id}"
+        method = str(meta["method"]) if meta and "method" in meta else "?"
         metrics = dict(content["metrics"])
         for key in REQUIRED_TRAIN_METRICS:
             value = metrics.get(key)
@@ -217,9 +275,10 @@ class FedReIDStrategy(FedAvg):
                 raise ValueError(f"metric {key!r} is missing or not finite: {value!r}")
         if metrics["num-examples"] <= 0:
             raise ValueError(f"num-examples must be positive, got {metrics['num-examples']}")
-        for key in ("klaw", "cdw"):
-            if metrics[key] < 0:
+        for key in ("kl_divergence", "cosine_distance"):
+            if metrics[key] < -SIGNAL_TOLERANCE:
                 raise ValueError(f"metric {key!r} must be >= 0, got {metrics[key]}")
+            metrics[key] = max(0.0, float(metrics[key]))
         if not 0.0 <= metrics["prune_ratio"] <= 1.0:
             raise ValueError(f"prune_ratio must lie in [0, 1], got {metrics['prune_ratio']}")
         record = content["arrays"]
@@ -233,7 +292,7 @@ class FedReIDStrategy(FedAvg):
             problems = self._norm_problems(arrays)
         if problems:
             raise ValueError("; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""))
-        return SiteReply(node_id=int(msg.metadata.src_node_id), site=site, arrays=arrays,
+        return ValidatedUpdate(node_id=int(msg.metadata.src_node_id), site=site, method=method, arrays=arrays,
                          metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
                          nbytes=record_nbytes(record))
 
@@ -247,22 +306,22 @@ class FedReIDStrategy(FedAvg):
         limit = self.cfg.agg.max_update_norm
         return [f"update norm {norm:.4g} exceeds agg.max_update_norm={limit:.4g}"] if norm > limit else []
 
-    def _weights(self, accepted: list[SiteReply]) -> np.ndarray:
+    def _weights(self, accepted: list[ValidatedUpdate]) -> np.ndarray:
         a = self.cfg.agg
-        if a.weighting == "samples":
-            return sample_count_weights([r.metrics["num-examples"] for r in accepted])
-        if a.weighting == "uniform":
-            return np.full(len(accepted), 1.0 / len(accepted))
-        if a.weighting == "cdw":
-            return cosine_distance_weights([r.metrics["cdw"] for r in accepted])
-        kl = klaw([r.metrics["klaw"] for r in accepted], sign=a.klaw_sign)
-        pr = praw([r.metrics["prune_ratio"] for r in accepted], form=a.praw_form)
-        return klpwa(kl, pr, combine=a.combine, beta=a.beta)
 
-    def _finish_round(self, server_round: int, record: dict, accepted: list[SiteReply],
+        def signal(key: str) -> list[float]:
+            return [r.metrics[key] for r in accepted]
+
+        return site_weights(a.weighting, num_examples=signal("num-examples"),
+                            kl_divergence=signal("kl_divergence"),
+                            cosine_distance=signal("cosine_distance"),
+                            prune_ratio=signal("prune_ratio"), klaw_sign=a.klaw_sign,
+                            praw_form=a.praw_form, combine=a.combine, beta=a.beta)
+
+    def _finish_round(self, server_round: int, record: dict, accepted: list[ValidatedUpdate],
                       weights: np.ndarray) -> None:
         self.state.last_round = server_round
-        sites = {r.site: {**{k: v for k, v in r.metrics.items()}, "weight": float(w), "bytes_up": r.nbytes}
+        sites = {r.site: {**r.metrics, "method": r.method, "weight": float(w), "bytes_up": r.nbytes}
                  for r, w in zip(accepted, weights, strict=True)}
         record.update({
             "sites": sites,
@@ -297,11 +356,7 @@ class FedReIDStrategy(FedAvg):
             self.state.node_site.setdefault(node, site)
             sites[site] = {k: float(v) for k, v in msg.content["metrics"].items()
                            if isinstance(v, (int, float))}
-        def mean(key: str) -> float:
-            return float(np.mean([m[key] for m in sites.values()])) if sites else float("nan")
-
-        means = {f"mean_{k}": mean(f"global_{k}") for k in ("mAP", "rank1", "mINP")}
-        means.update({f"mean_personal_{k}": mean(f"personal_{k}") for k in ("mAP", "rank1")})
+        means = site_means(sites)
         for f in failures:
             log(WARNING, "evaluation failed at node %s: %s", f["node"], f["reason"])
         if self.recorder:
@@ -400,6 +455,8 @@ class FedReIDStrategy(FedAvg):
             reason = f"site {site} did not reply within the round deadline ({timeout:.0f} s)"
             replies.append(Message(Error(code=ErrorCode.REPLY_MESSAGE_UNAVAILABLE, reason=reason),
                                    reply_to=sent[mid]))
-        # Arrival order is arbitrary; aggregate in node order so runs are reproducible.
-        replies.sort(key=lambda m: int(m.metadata.src_node_id))
+        # Arrival order and node ids are arbitrary; aggregate in site order so runs are
+        # reproducible (float sums depend on the order).
+        replies.sort(key=lambda m: (self.state.node_site.get(int(m.metadata.src_node_id), ""),
+                                    int(m.metadata.src_node_id)))
         return replies

@@ -2,7 +2,8 @@
 
 Each node has its own ``Context`` (so ``context.state`` persists per site across rounds, as
 on a SuperNode); a ClientApp exception becomes an error reply, as Flower does. Nodes listed
-in ``dead`` never answer (their messages time out).
+in ``dead`` never answer (their messages time out); ``silent[node]`` names the message types
+(e.g. ``{"train"}``) a node leaves unanswered.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class InProcessGrid(Grid):
             for node, cfg in node_configs.items()
         }
         self.dead: set[int] = set()
+        self.silent: dict[int, set[str]] = {}
         self.sent: list[Message] = []
         self._replies: dict[str, Message] = {}
         self._run = None
@@ -50,7 +52,7 @@ class InProcessGrid(Grid):
             self.sent.append(msg)
             ids.append(mid)
             node = msg.metadata.dst_node_id
-            if node in self.dead:
+            if node in self.dead or msg.metadata.message_type in self.silent.get(node, ()):
                 continue
             try:
                 reply = self.client_app(msg, self.contexts[node])

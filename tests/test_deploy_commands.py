@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cli.main import app as deploy_app
 from fedreid.config import from_flat, load_config
+from fedreid.config.loader import run_config_toml
 from fedreid.deploy import processes, run_status
 from fedreid.deploy.certs import TlsFiles, create_certificates, create_site_keys
-from fedreid.deploy.cli import deploy_app, run_config_toml
 
 runner = CliRunner()
 
@@ -78,12 +79,12 @@ def test_supernode_command(pki):
 
 def test_run_config_file_is_the_whole_config():
     cfg = load_config(["data.sites=[market,cuhk01]", "fl.rounds=2", "train.lr=1e-5", "run_dir=/r"])
-    flat = tomllib.loads(run_config_toml(cfg, None))
+    flat = tomllib.loads(run_config_toml(cfg))
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     assert set(flat) <= set(pyproject["tool"]["flwr"]["app"]["config"])  # Flower rejects other keys
     assert from_flat(flat) == cfg
     assert flat["data.sites"] == "market,cuhk01"
-    assert tomllib.loads(run_config_toml(cfg, Path("/runs/flwr-1")))["fl.resume_dir"] == "/runs/flwr-1"
+    assert tomllib.loads(run_config_toml(cfg, extra={"fl.resume_dir": "/runs/flwr-1"}))["fl.resume_dir"] == "/runs/flwr-1"
 
 
 def test_connection_file_is_read_by_flower(pki):

@@ -51,7 +51,7 @@ def free_port() -> int:
 
 
 class Deployment:
-    """Starts `python -m fedreid.deploy.cli ...` processes and stops every one by pid."""
+    """Starts `python -m cli.main ...` processes and stops every one by pid."""
 
     def __init__(self, tmp: Path):
         self.tmp = tmp
@@ -65,7 +65,7 @@ class Deployment:
         self.starts: dict[str, int] = {}
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        proc = subprocess.run([sys.executable, "-m", "fedreid.deploy.cli", *args], cwd=ROOT, env=self.env,
+        proc = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=ROOT, env=self.env,
                               capture_output=True, text=True, timeout=timeout)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return proc
@@ -75,7 +75,7 @@ class Deployment:
 
     def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         self.starts[name] = self.starts.get(name, 0) + 1
-        cmd = [sys.executable, "-m", "fedreid.deploy.cli", *args]
+        cmd = [sys.executable, "-m", "cli.main", *args]
         self.procs[name] = processes.start_process(cmd, log_file=self.log(name), env={**self.env, **(env or {})})
         return self.procs[name]
 

@@ -80,11 +80,20 @@ def test_two_rounds_of_fedklpr(tiny_data, tmp_path):
 def test_a_failing_site_is_recorded_and_others_aggregated(tiny_data, tmp_path):
     cfg = tiny_config(tiny_data, rounds=1, extra=["fl.round_timeout=1"])
     grid = federation(cfg, tmp_path / "state")
-    grid.dead.add(101)  # cuhk01 never answers
+    grid.silent[101] = {"train"}  # cuhk01 is admitted, then never answers a training round
     run_server(grid, cfg, tmp_path / "run", node_wait_s=1)
     train = [r for r in load_records(tmp_path / "run") if r["kind"] == "train"][0]
     assert len(train["sites"]) == 2
     assert len(train["failures"]) == 1 and "deadline" in train["failures"][0]["reason"]
+
+
+def test_a_site_that_never_answers_is_left_out_after_the_wait(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, rounds=1)
+    grid = federation(cfg, tmp_path / "state")
+    grid.dead.add(101)
+    run_server(grid, cfg, tmp_path / "run", node_wait_s=1)
+    train = [r for r in load_records(tmp_path / "run") if r["kind"] == "train"][0]
+    assert sorted(train["sites"]) == ["ilids", "market"] and not train["failures"]
 
 
 def test_resume_gives_the_same_next_round(tiny_data, tmp_path):
@@ -136,10 +145,10 @@ def test_baselines_run_dense(tiny_data, tmp_path, strategy):
 
 def test_crr_restores_the_mask_and_halts_pruning_on_a_score_drop(tiny_data, tmp_path, monkeypatch):
     """Round 2's download scores far below round 1's: the site undoes the step and stops pruning."""
-    from fedreid.site import FederatedSite
+    from fedreid.federated_client import FederatedClient
 
     scores = iter([0.9, 0.1, 0.1, 0.1] * 3)
-    monkeypatch.setattr(FederatedSite, "crr_score", lambda self: next(scores))
+    monkeypatch.setattr(FederatedClient, "crr_score", lambda self, labels: next(scores))
     cfg = tiny_config(tiny_data, rounds=3, extra=["crr.delta=0.05", "data.sites=[market]"])
     grid = InProcessGrid(make_client_app(cfg, state_dir=tmp_path / "s"), {1: {"partition-id": 0}})
     run_server(grid, cfg, tmp_path / "run", node_wait_s=1)

@@ -1,4 +1,4 @@
-"""Tests for fedreid.models: shapes, last stride, BNNeck, shared/private split, weights, device."""
+"""Tests for fedreid.models: shapes, last stride, ViTs, parts, BNNeck, what is shared, weights, device."""
 
 from __future__ import annotations
 
@@ -19,18 +19,20 @@ from torch import nn
 
 from fedreid.models import (
     BACKBONES,
+    BackboneOptions,
     IdentityHead,
     ReidNet,
     ReidOutput,
     amp_dtype,
     autocast_context,
     build_model,
-    is_shared_key,
-    load_shared_state_dict,
+    load_subset,
     load_weights,
+    local_subset,
     make_grad_scaler,
     resolve_device,
-    shared_state_dict,
+    shared_keys_by_rule,
+    state_subset,
     to_channels_last,
 )
 from fedreid.models.weights import deepsort_key_map, deepsort_state_dict
@@ -80,7 +82,7 @@ def test_train_and_eval_shapes(arch: str) -> None:
 @pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])
 @pytest.mark.parametrize(("last_stride", "size"), [(1, (8, 4)), (2, (4, 2))])
 def test_last_stride_sets_feature_map_size(arch: str, last_stride: int, size: tuple) -> None:
-    model = build_model(arch, last_stride=last_stride).eval()
+    model = build_model(arch, options=BackboneOptions(last_stride=last_stride)).eval()
     with torch.no_grad():
         fmap = model.backbone.forward_features(_images(1, 128, 64))
     assert tuple(fmap.shape[2:]) == size
@@ -93,7 +95,7 @@ def test_resnet50_last_stride_one_touches_conv2_and_downsample() -> None:
 
 def test_bad_arguments_name_the_value() -> None:
     with pytest.raises(ValueError, match="last_stride=3"):
-        build_model("resnet18", last_stride=3)
+        build_model("resnet18", options=BackboneOptions(last_stride=3))
     with pytest.raises(ValueError, match="'vgg16'"):
         build_model("vgg16")
     with pytest.raises(ValueError, match="'bn'"):
@@ -161,58 +163,92 @@ def test_identity_head_is_biasless_small_and_not_in_the_model() -> None:
     assert not any(isinstance(m, IdentityHead) for m in model.modules())
 
 
-def test_is_shared_key() -> None:
-    assert is_shared_key("backbone.conv1.weight")
-    assert is_shared_key("neck.bias")
-    assert is_shared_key("privateer.weight")
-    assert not is_shared_key("private")
-    assert not is_shared_key("private.classifier.weight")
+def test_share_rules_pick_backbone_and_neck() -> None:
+    model = build_model("resnet18")
+    both = shared_keys_by_rule(model, "backbone+neck")
+    backbone = shared_keys_by_rule(model, "backbone")
+    assert both == list(model.state_dict())  # a ReidNet is backbone + neck, nothing else
+    assert set(both) - set(backbone) == {k for k in both if k.startswith("neck.")}
+    with pytest.raises(ValueError, match="'adapters'.*backbone"):
+        shared_keys_by_rule(model, "adapters")
 
 
-def _with_private(model: ReidNet, classes: int) -> ReidNet:
-    model.private = nn.ModuleDict({"classifier": IdentityHead(model.feat_dim, classes)})
-    model.private.register_buffer("proxies", torch.randn(classes, model.feat_dim))
-    return model
-
-
-def test_shared_state_excludes_private_and_round_trips() -> None:
-    site = _with_private(build_model("resnet18"), 10)
+def test_shared_subset_round_trips_and_leaves_the_rest_alone() -> None:
+    site = build_model("resnet18")
     site.train()(_images(4))  # move BN running stats away from their init
-    shared = shared_state_dict(site)
-    assert shared and not any(k.startswith("private") for k in shared)
-    assert set(shared) == {k for k in site.state_dict() if not k.startswith("private.")}
-    other = _with_private(build_model("resnet18"), 3)
-    private_before = {k: v.clone() for k, v in other.private.state_dict().items()}
-    load_shared_state_dict(other, shared)
+    keys = shared_keys_by_rule(site, "backbone")
+    shared = state_subset(site, keys)
+    other = build_model("resnet18")
+    neck_before = {k: v.clone() for k, v in other.neck.state_dict().items()}
+    load_subset(other, shared, keys)
+    for k, v in other.neck.state_dict().items():
+        torch.testing.assert_close(v, neck_before[k])  # the unshared neck stayed
+    assert set(local_subset(other, keys)) == {f"neck.{k}" for k in neck_before}
     x = _images(3)
     with torch.no_grad():
-        torch.testing.assert_close(other.eval()(x), site.eval()(x))
-    for k, v in other.private.state_dict().items():
-        torch.testing.assert_close(v, private_before[k])
+        torch.testing.assert_close(other.backbone.eval()(x), site.backbone.eval()(x))
 
 
 def test_shared_state_is_a_snapshot() -> None:
     model = build_model("resnet18")
-    shared = shared_state_dict(model)
+    shared = state_subset(model, model.state_dict())
     with torch.no_grad():
         model.backbone.conv1.weight.add_(1.0)
     assert not torch.equal(shared["backbone.conv1.weight"], model.backbone.conv1.weight)
 
 
-def test_load_shared_state_rejects_private_missing_and_shape_errors() -> None:
+def test_load_subset_rejects_missing_extra_and_shape_errors() -> None:
     model = build_model("resnet18")
-    shared = shared_state_dict(model)
-    with pytest.raises(ValueError, match="private keys"):
-        load_shared_state_dict(model, {**shared, "private.head.weight": torch.zeros(1)})
+    keys = list(model.state_dict())
+    shared = state_subset(model, keys)
+    with pytest.raises(ValueError, match="unexpected"):
+        load_subset(model, {**shared, "heads.classifier.weight": torch.zeros(1)}, keys)
     partial = {k: v for k, v in shared.items() if k.startswith("backbone.")}
     with pytest.raises(ValueError, match="missing"):
-        load_shared_state_dict(model, partial)
-    missing, unexpected = load_shared_state_dict(model, partial, strict=False)
+        load_subset(model, partial, keys)
+    missing, unexpected = load_subset(model, partial, keys, strict=False)
     assert missing and all(k.startswith("neck.") for k in missing) and not unexpected
     with pytest.raises(ValueError, match="shape"):
-        load_shared_state_dict(model, {**shared, "neck.weight": torch.ones(7)})
-    with pytest.raises(ValueError, match="missing"):
-        load_shared_state_dict(model, shared_state_dict(build_model("mobilenet_v2")))
+        load_subset(model, {**shared, "neck.weight": torch.ones(7)}, keys)
+
+
+@pytest.mark.parametrize(("arch", "patch"), [("vit_tiny_p16", 16), ("vit_tiny_p8", 8), ("vit_small_p16", 16)])
+def test_vit_family_shapes_at_reid_sizes(arch: str, patch: int) -> None:
+    options = BackboneOptions(image_size=(128, 64), depth=1)
+    model = build_model(arch, options=options)
+    cls, tokens = model.backbone.forward_tokens(_images(2, 128, 64))
+    assert tokens.shape[1] == (128 // patch) * (64 // patch)
+    assert model.eval()(_images(2, 128, 64)).shape == (2, cls.shape[1])
+    tall = build_model(arch, options=BackboneOptions(image_size=(256, 128), depth=1))
+    assert tall.backbone.forward_tokens(_images(1, 256, 128))[1].shape[1] == (256 // patch) * (128 // patch)
+
+
+def test_parts_append_stripe_features_to_the_global_one() -> None:
+    vit = build_model("vit_tiny_p16", options=BackboneOptions(image_size=(128, 64), depth=1, parts=2))
+    assert vit.feat_dim == 192 * 3
+    x = _images(1, 128, 64)
+    _, tokens = vit.backbone.forward_tokens(x)
+    out = vit.backbone(x)
+    torch.testing.assert_close(out[:, 192:384], tokens[:, :16].mean(1))  # top 4 of 8 patch rows
+    cnn = build_model("resnet18", options=BackboneOptions(parts=3))
+    assert cnn.feat_dim == 512 * 4 and cnn.eval()(_images(2, 128, 64)).shape == (2, 2048)
+    with pytest.raises(ValueError, match="parts=9"):
+        build_model("vit_tiny_p16", options=BackboneOptions(image_size=(128, 64), parts=9))
+    with pytest.raises(ValueError, match="multiple of the ViT patch 16"):
+        build_model("vit_tiny_p16", options=BackboneOptions(image_size=(100, 64)))
+
+
+def test_timm_vit_file_loads_with_the_position_embedding_resampled(tmp_path: Path) -> None:
+    from timm.models.vision_transformer import VisionTransformer
+
+    source = VisionTransformer(img_size=224, patch_size=16, embed_dim=192, depth=1, num_heads=3)
+    path = tmp_path / "vit_tiny_patch16_224.pth"
+    torch.save(source.state_dict(), path)  # an ImageNet-style file: 14x14 grid and a head
+    model = build_model("vit_tiny_p16", str(path), BackboneOptions(image_size=(128, 64), depth=1))
+    torch.testing.assert_close(model.backbone.vit.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
+    assert model.backbone.vit.pos_embed.shape[1] == 1 + 8 * 4
+    with pytest.raises(ValueError, match="does not fit the ViT backbone"):
+        build_model("vit_small_p16", str(path), BackboneOptions(image_size=(128, 64), depth=1))
 
 
 def test_torchvision_state_dict_file_loads_into_backbone(tmp_path: Path) -> None:
@@ -221,7 +257,7 @@ def test_torchvision_state_dict_file_loads_into_backbone(tmp_path: Path) -> None
     state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     path = tmp_path / "resnet18-f37072fd.pth"
     torch.save(state, path)  # like old torchvision files: fc.* present, no BN counters
-    model = build_model("resnet18", str(path), last_stride=2).eval()
+    model = build_model("resnet18", str(path), BackboneOptions(last_stride=2)).eval()
     trunk = nn.Sequential(*list(tv.children())[:-1]).eval()  # torchvision minus fc
     x = _images()
     with torch.no_grad():
@@ -239,7 +275,7 @@ def test_fedreid_checkpoint_file_loads_whole(tmp_path: Path) -> None:
     trained = build_model("resnet18")
     trained.train()(_images(4))
     path = tmp_path / "round3.pt"
-    torch.save({"model": shared_state_dict(trained), "round": 3}, path)
+    torch.save({"model": state_subset(trained, trained.state_dict()), "round": 3}, path)
     loaded = build_model("resnet18", str(path))
     x = _images()
     with torch.no_grad():
@@ -327,7 +363,7 @@ def test_deepsort_weights_reproduce_the_packaged_network() -> None:
     ref = MobileNetV2_bottle(input_size=224, width_mult=1.0)
     ref.load_state_dict(deepsort_state_dict())  # what MobileNetv2_Embedder.__init__ does
     ref.eval()
-    ours = build_model("mobilenet_v2", "deepsort", last_stride=2).eval()
+    ours = build_model("mobilenet_v2", "deepsort", BackboneOptions(last_stride=2)).eval()
     x = torch.randn(2, 3, 128, 64)  # the net is fully convolutional + GAP; size is free
     with torch.no_grad():
         expected = ref(x)
@@ -354,7 +390,7 @@ def test_deepsort_weights_reproduce_the_packaged_embedder(monkeypatch: pytest.Mo
     rng = np.random.default_rng(0)
     crops = [rng.integers(0, 256, (128, 64, 3), dtype=np.uint8) for _ in range(2)]
     expected = torch.from_numpy(np.stack(embedder.predict(crops)))
-    ours = build_model("mobilenet_v2", "deepsort", last_stride=2).eval()
+    ours = build_model("mobilenet_v2", "deepsort", BackboneOptions(last_stride=2)).eval()
     with torch.no_grad():
         got = ours.backbone(torch.cat([embedder.preprocess(c) for c in crops]))
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)

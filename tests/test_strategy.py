@@ -20,8 +20,8 @@ from flwr.app import (
 from fedreid.config import load_config
 from fedreid.config.presets import strategy_overrides
 from fedreid.fl.codec import encode_sparse
-from server.records import record_nbytes
 from server.strategy import FedReIDStrategy
+from wire.records import record_nbytes
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -50,7 +50,8 @@ def reply(node, site, state, masks, *, prune_ratio=None, klaw=0.5, n=10, arrays=
         kept = sum(int(m.sum()) for m in masks.values())
         total = sum(m.size for m in masks.values())
         prune_ratio = 1 - kept / total if total else 0.0
-    metrics = {"num-examples": n, "prune_ratio": prune_ratio, "klaw": klaw, "cdw": 0.1, "loss": 1.0}
+    metrics = {"num-examples": n, "prune_ratio": prune_ratio, "kl_divergence": klaw,
+               "cosine_distance": 0.1, "loss": 1.0}
     if drop_metric:
         metrics.pop(drop_metric)
     content = RecordDict({
@@ -106,7 +107,7 @@ def corruptions():
         "dtype": dict(arrays=dtype),
         "missing key": dict(arrays=missing),
         "false sparsity": dict(prune_ratio=0.1),
-        "missing metric": dict(drop_metric="klaw"),
+        "missing metric": dict(drop_metric="kl_divergence"),
     }
 
 
@@ -154,6 +155,7 @@ def test_configure_train_sends_each_site_its_personalised_sparse_model():
     s.aggregate_train(1, [pruned, dense])
     grid = Mock()
     grid.get_node_ids.return_value = [11, 12]
+    s.state.node_site.update({11: "a", 12: "b"})  # admitted
     msgs = {msg.metadata.dst_node_id: msg for msg in s.configure_train(2, ArrayRecord(), ConfigRecord(), grid)}
     a, b = msgs[11].content["arrays"], msgs[12].content["arrays"]
     assert "conv.weight::bits" in a and "conv.weight::dense" in b
@@ -179,6 +181,7 @@ def test_sampling_keeps_64_bit_node_ids_exact():
     nodes = [2**64 - 1, 2**63 + 12345, 16006583747849887001, 7]
     grid = Mock()
     grid.get_node_ids.return_value = nodes
+    s.state.node_site.update({n: f"site{i}" for i, n in enumerate(nodes)})  # admitted
     s.min_sites = 1
     for _ in range(5):
         picked = s._sample(grid, 1.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -9,25 +10,45 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fedreid.config.schema import FedReIDConfig
+from fedreid.config.schema import FedReIDConfig, SiteOverride
+from fedreid.methods import METHODS
 
-# Allowed values of the string options; checked once after loading.
-CHOICES: dict[str, tuple[str, ...]] = {
-    "model.arch": ("resnet18", "resnet34", "resnet50", "mobilenet_v2"),
-    "train.optimizer": ("adam", "sgd"),
-    "kl.direction": ("ref_to_local", "local_to_ref", "symmetric"),
-    "kl.loss": ("kl", "cosine"),
-    "prune.scope": ("global", "layer"),
-    "agg.weighting": ("klpwa", "samples", "uniform", "cdw"),
-    "agg.klaw_sign": ("more_divergence_more_weight", "less_divergence_more_weight"),
-    "agg.praw_form": ("ratio", "density"),
-    "agg.combine": ("product", "convex"),
-    "crr.halt": ("forever", "pause"),
-    "crr.metric": ("auto", "map", "proxy"),
-    "crr.restore": ("backup", "refill"),
-    "codec.value_dtype": ("float32", "float16"),
-    "fl.strategy": ("fedklpr", "fedcapr", "fedpav", "fedavg"),
-}
+
+def choices() -> dict[str, tuple[str, ...]]:
+    """Allowed values of the string options, read from the registries that define them."""
+    from fedreid.config.presets import STRATEGY_PRESETS
+    from fedreid.eval.protocols import RERANKERS
+    from fedreid.eval.rerank import KWF_WEIGHTINGS
+    from fedreid.fl.codec import VALUE_DTYPES
+    from fedreid.fl.crr import HALT_MODES, RESTORE_MODES
+    from fedreid.fl.weights import COMBINES, KLAW_SIGNS, PRAW_FORMS, WEIGHTINGS
+    from fedreid.losses.kl import DIRECTIONS
+    from fedreid.models import BACKBONES
+    from fedreid.optim import OPTIMIZERS
+    from fedreid.prune import SCOPES
+    from fedreid.regularisers import REGULARISERS
+
+    return {
+        "model.arch": ("auto", *BACKBONES),
+        "method.name": tuple(METHODS),
+        "train.optimizer": tuple(OPTIMIZERS),
+        "reg.kind": tuple(REGULARISERS),
+        "reg.direction": DIRECTIONS,
+        "prune.scope": SCOPES,
+        "agg.weighting": WEIGHTINGS,
+        "agg.klaw_sign": KLAW_SIGNS,
+        "agg.praw_form": PRAW_FORMS,
+        "agg.combine": COMBINES,
+        "crr.halt": HALT_MODES,
+        "crr.labels": ("method", "identity"),
+        "crr.restore": RESTORE_MODES,
+        "codec.value_dtype": VALUE_DTYPES,
+        "fl.strategy": tuple(STRATEGY_PRESETS),
+        "eval.rerank": RERANKERS,
+        "eval.kwf_weighting": KWF_WEIGHTINGS,
+    }
+
+
 UNIT_INTERVAL = ("prune.step", "prune.target", "agg.beta", "fl.fraction_train")
 
 
@@ -73,13 +94,31 @@ def load_config(
 def validate(cfg: FedReIDConfig) -> None:
     """Check choices and ranges that types alone cannot express."""
     flat = dict(flat_items(cfg))
-    for key, allowed in CHOICES.items():
+    for key, allowed in choices().items():
         if flat[key] not in allowed:
             raise ConfigError(f"{key}={flat[key]!r} is not one of {', '.join(allowed)}")
+    for name, cls in METHODS.items():
+        if getattr(cfg.method, name, None) is None:
+            continue  # registered after the schema was built: its defaults apply
+        share = cfg.method_options(name).share
+        if share not in cls.share_choices():
+            raise ConfigError(f"method.{name}.share={share!r} is not one of {', '.join(cls.share_choices())}")
+    from fedreid.eval.protocols import PROTOCOLS
+
+    unknown = [p for p in cfg.eval.protocols if p not in PROTOCOLS]
+    if unknown:
+        raise ConfigError(f"eval.protocols {unknown}: choose among {', '.join(PROTOCOLS)}")
+    for site, override in cfg.sites.items():
+        if site not in cfg.data.sites:
+            raise ConfigError(f"sites.{site}: {site!r} is not in data.sites {cfg.data.sites}; "
+                              "add it there or drop the override")
+        if override.method and override.method not in METHODS:
+            raise ConfigError(f"sites.{site}.method={override.method!r} is not one of {', '.join(METHODS)}")
     for key in UNIT_INTERVAL:
         if not 0.0 <= float(flat[key]) <= 1.0:
             raise ConfigError(f"{key}={flat[key]} must lie in [0, 1]")
-    for key in ("train.batch_size", "train.num_instances", "fl.rounds", "train.epochs"):
+    for key in ("train.batch_size", "train.num_instances", "fl.rounds", "train.epochs",
+                "eval.kwf_top_m", "eval.kwf_k"):
         if int(flat[key]) < 1:
             raise ConfigError(f"{key}={flat[key]} must be at least 1")
     dp = cfg.dp
@@ -88,6 +127,8 @@ def validate(cfg: FedReIDConfig) -> None:
             f"dp.clipping_norm={dp.clipping_norm} must be > 0, dp.noise_multiplier="
             f"{dp.noise_multiplier} >= 0 and dp.delta={dp.delta} in (0, 1)"
         )
+    if cfg.model.parts < 0 or cfg.model.vit_depth < 0:
+        raise ConfigError(f"model.parts={cfg.model.parts} and model.vit_depth={cfg.model.vit_depth} must be >= 0")
     if cfg.train.batch_size % cfg.train.num_instances:
         raise ConfigError(
             f"train.batch_size={cfg.train.batch_size} must be a multiple of "
@@ -115,11 +156,14 @@ def flat_items(cfg: Any, prefix: str = "") -> list[tuple[str, Any]]:
 def from_flat(flat: Mapping[str, Any]) -> FedReIDConfig:
     """Build a config from Flower's flat run config (lists are written comma-separated)."""
     known = dict(flat_items(FedReIDConfig()))
+    site_fields = {f.name for f in dataclasses.fields(SiteOverride)}
     nested: dict[str, Any] = {}
     for key, value in flat.items():
-        if key not in known:
+        parts = key.split(".")
+        per_site = len(parts) == 3 and parts[0] == "sites" and parts[2] in site_fields
+        if key not in known and not per_site:
             continue  # Flower adds its own keys; only ours are mapped
-        if isinstance(known[key], list):
+        if key in known and isinstance(known[key], list):
             value = [v for v in str(value).split(",") if v]
             value = [type(known[key][0])(v) for v in value] if known[key] else value
         node = nested
@@ -134,21 +178,34 @@ def config_to_yaml(cfg: FedReIDConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
+def toml_value(value: Any) -> str:
+    """One run-config value as TOML (lists comma-separated: Flower's run config has none)."""
+    if isinstance(value, list):
+        value = ",".join(str(v) for v in value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, int):
+        return str(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def run_config_toml(cfg: FedReIDConfig, header: str | None = None,
+                    extra: Mapping[str, Any] | None = None) -> str:
+    """The whole config as Flower run-config lines ``"key" = value`` (what `flwr run
+    --run-config FILE` and pyproject's ``[tool.flwr.app.config]`` hold); :func:`from_flat`
+    reads them back. ``extra`` overrides dotted keys."""
+    items = dict(flat_items(cfg))
+    items.update(extra or {})
+    lines = [header] if header else []
+    lines += [f'"{key}" = {toml_value(value)}' for key, value in items.items()]
+    return "\n".join(lines) + "\n"
+
+
 def flower_run_config_toml() -> str:
     """The ``[tool.flwr.app.config]`` table for pyproject.toml, generated from the schema.
 
-    Flower's run config allows no lists, so list values are written comma-separated;
-    :func:`from_flat` reads them back. A test keeps pyproject.toml equal to this output.
+    A test keeps pyproject.toml equal to this output.
     """
-    lines = ["[tool.flwr.app.config]"]
-    for key, value in flat_items(FedReIDConfig()):
-        if isinstance(value, list):
-            value = ",".join(str(v) for v in value)
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, (int, float)):
-            text = repr(value)
-        else:
-            text = '"' + str(value).replace('"', '\\"') + '"'
-        lines.append(f'"{key}" = {text}')
-    return "\n".join(lines) + "\n"
+    return run_config_toml(FedReIDConfig(), header="[tool.flwr.app.config]")

@@ -9,23 +9,23 @@ from __future__ import annotations
 STRATEGY_PRESETS: dict[str, list[str]] = {
     # FedKLPR (the paper): unsupervised CAP sites, KL regulariser, pruning + CRR, KLPWA, SAS.
     "fedklpr": [
-        "method.name=capr", "kl.enabled=true", "kl.loss=kl", "prune.enabled=true",
+        "method.name=capr", "reg.enabled=true", "reg.kind=kl", "prune.enabled=true",
         "crr.enabled=true", "agg.weighting=klpwa", "agg.sas=true", "agg.share_buffers=true",
     ],
     # FedCAPR: the dense baseline FedKLPR builds on — cosine regulariser (0.13), CDW weights.
     "fedcapr": [
-        "method.name=capr", "kl.enabled=true", "kl.loss=cosine", "kl.weight=0.13",
+        "method.name=capr", "reg.enabled=true", "reg.kind=cosine", "reg.weight=0.13",
         "prune.enabled=false", "crr.enabled=false", "agg.weighting=cdw", "agg.sas=false",
         "agg.share_buffers=true",
     ],
     # FedPav: supervised sites, backbone shared, heads and BN statistics private.
     "fedpav": [
-        "method.name=bot", "kl.enabled=false", "prune.enabled=false", "crr.enabled=false",
+        "method.name=bot", "reg.enabled=false", "prune.enabled=false", "crr.enabled=false",
         "agg.weighting=samples", "agg.sas=false", "agg.share_buffers=false",
     ],
     # FedAvg: supervised sites, the whole shared model (parameters and buffers) averaged.
     "fedavg": [
-        "method.name=bot", "kl.enabled=false", "prune.enabled=false", "crr.enabled=false",
+        "method.name=bot", "reg.enabled=false", "prune.enabled=false", "crr.enabled=false",
         "agg.weighting=samples", "agg.sas=false", "agg.share_buffers=true",
     ],
 }

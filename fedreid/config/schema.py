@@ -2,12 +2,16 @@
 
 The dataclasses are the single source of truth; ``fedreid config`` prints them as YAML and
 OmegaConf checks the types of every override (``prune.target=0.6``). Open choices of the
-FedKLPR paper are options with a documented default (see ``docs/choices.md``).
+FedKLPR paper are options with a documented default (see ``docs/choices.md``). The
+``method`` section is built from the method registry: each method's options dataclass is
+its ``method.<name>`` sub-section.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
+
+from fedreid.methods import METHODS
 
 SYNTHETIC8_SITES = ["duke", "market", "cuhk03", "prid", "cuhk01", "viper", "3dpes", "ilids"]
 
@@ -28,9 +32,11 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "resnet18"  # resnet18 | resnet34 | resnet50 | mobilenet_v2
-    weights: str = "none"  # none | imagenet | deepsort | /path/to/checkpoint.pth
-    last_stride: int = 1
+    arch: str = "auto"  # auto (the method's own) | a name in fedreid.models.BACKBONES
+    weights: str = "none"  # none | imagenet | deepsort | /path/to/weights file or checkpoint
+    last_stride: int = 1  # CNNs: 1 keeps the last stage at H/16 (re-ID default)
+    parts: int = 0  # horizontal-stripe features appended to the global one (0 = global only)
+    vit_depth: int = 0  # ViTs: transformer blocks (0 = the size's standard 12)
 
 
 @dataclass
@@ -48,44 +54,31 @@ class TrainConfig:
     amp: bool = True  # mixed precision, used only on CUDA
 
 
-@dataclass
-class BotConfig:
-    label_smoothing: float = 0.1
-    triplet_margin: float = 0.3  # <= 0 means soft margin
-    center_weight: float = 0.0005
-    center_lr: float = 0.5
+MethodConfig = make_dataclass(
+    "MethodConfig",
+    [("name", str, field(default="capr")),
+     *[(name, cls.Options, field(default_factory=cls.Options)) for name, cls in METHODS.items()]],
+)
+MethodConfig.__module__ = __name__
+MethodConfig.__doc__ = "name: the method of every site (a name in fedreid.methods.METHODS); one options section per method."
 
 
 @dataclass
-class CaprConfig:
-    eps: float = 0.5  # DBSCAN radius on the Jaccard distance
-    min_samples: int = 4
-    k1: int = 20
-    k2: int = 6
-    temperature: float = 0.07
-    intra_weight: float = 0.6
-    inter_weight: float = 0.7
-    momentum: float = 0.2  # memory keeps this fraction of its old value
-    hard_negatives: int = 50
-    camera_centre: bool = True  # cluster per-camera-centred features (learns from random weights)
-    outlier_instances: bool = True  # outliers train as one-image proxies instead of being dropped
-    adaptive_k: bool = True  # shrink k1/k2 on small sites (fedreid.pseudo_labels.site_neighbourhood)
+class SiteOverride:
+    """Per-site settings of a federation (``sites.<name>.method=scm``); empty = the run's."""
+
+    method: str = ""
 
 
 @dataclass
-class MethodConfig:
-    name: str = "capr"  # a name in fedreid.methods.METHODS
-    bot: BotConfig = field(default_factory=BotConfig)
-    capr: CaprConfig = field(default_factory=CaprConfig)
+class RegConfig:
+    """The regulariser that keeps local training near the downloaded global model."""
 
-
-@dataclass
-class KLConfig:
     enabled: bool = True
-    weight: float = 1.0  # λ of λ·KL
-    tau: float = 0.1  # softmax temperature over feature dimensions
-    direction: str = "ref_to_local"  # ref_to_local | local_to_ref | symmetric
-    loss: str = "kl"  # kl | cosine (FedCAPR's 1 - cos regulariser, for the fedcapr baseline)
+    kind: str = "kl"  # kl (FedKLPR) | cosine (FedCAPR's 1 - cos)
+    weight: float = 1.0  # λ of λ·regulariser
+    tau: float = 0.1  # kl: softmax temperature over feature dimensions
+    direction: str = "ref_to_local"  # kl: ref_to_local | local_to_ref | symmetric
     start_round: int = 2  # the first round's download is only an initialisation
 
 
@@ -94,7 +87,7 @@ class PruneConfig:
     enabled: bool = True
     step: float = 0.2  # fraction of the remaining weights pruned per step
     target: float = 0.6  # overall sparsity of the prunable weights
-    scope: str = "global"  # global | layer
+    scope: str = "global"  # global (smallest weights of the whole model) | layer (per tensor)
     start_round: int = 1
     every: int = 1  # prune every N rounds
 
@@ -117,7 +110,7 @@ class CRRConfig:
     delta: float = 0.02  # allowed drop of the score (absolute, score in [0, 1])
     halt: str = "forever"  # forever | pause
     pause_rounds: int = 2
-    metric: str = "auto"  # auto | map | proxy  (auto: map where the site has labels)
+    labels: str = "method"  # method (its crr_labels: identities or clusters) | identity (true ids)
     restore: str = "refill"  # refill (keep the download, refill what the step pruned) | backup
 
 
@@ -135,7 +128,7 @@ class DPConfig:
 
 @dataclass
 class CodecConfig:
-    value_dtype: str = "float32"  # float32 | float16
+    value_dtype: str = "float32"  # a name in fedreid.fl.codec.VALUE_DTYPES
 
 
 @dataclass
@@ -153,8 +146,11 @@ class FLConfig:
 class EvalConfig:
     every: int = 1  # evaluate every N rounds/epochs
     flip: bool = True
-    rerank: bool = False  # also report k-reciprocal re-ranked results (rr_*)
-    kwf: bool = False  # also report K-nearest weighted fusion re-ranked results (kwf_*)
+    rerank: str = "none"  # none | k_reciprocal | kwf: also report re-ranked results (rerank_*)
+    kwf_weighting: str = "uniform"  # uniform | sim | inv_dist_pow | exp_decay
+    kwf_top_m: int = 100  # KWF: candidates re-scored per query
+    kwf_k: int = 6  # KWF: gallery neighbours fused per candidate
+    protocols: list[str] = field(default_factory=list)  # empty = the method's own (fedreid.eval.protocols)
     batch_size: int = 128
 
 
@@ -176,7 +172,7 @@ class FedReIDConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
-    kl: KLConfig = field(default_factory=KLConfig)
+    reg: RegConfig = field(default_factory=RegConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     agg: AggregationConfig = field(default_factory=AggregationConfig)
     crr: CRRConfig = field(default_factory=CRRConfig)
@@ -185,3 +181,15 @@ class FedReIDConfig:
     fl: FLConfig = field(default_factory=FLConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sim: SimConfig = field(default_factory=SimConfig)
+    sites: dict[str, SiteOverride] = field(default_factory=dict)
+
+    def method_of(self, site: str) -> str:
+        """The method site ``site`` runs: its ``sites.<site>.method``, else ``method.name``."""
+        override = self.sites.get(site)
+        return override.method if override and override.method else self.method.name
+
+    def method_options(self, name: str):
+        """The options of method ``name``: its ``method.<name>`` section, or the defaults of a
+        method registered after the config schema was built."""
+        options = getattr(self.method, name, None)
+        return options if options is not None else METHODS[name].Options()

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fedreid.data.fields import read_field
 from fedreid.data.records import DataError, Sample
 
 
@@ -44,9 +45,16 @@ class ImageStore:
         self.images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
         self.pids = np.array([s.pid for s in self.samples], dtype=np.int64)
         self.camids = np.array([s.camid for s in self.samples], dtype=np.int64)
+        self._fields: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def batch(self, indices: np.ndarray) -> torch.Tensor:
         return self.images[torch.as_tensor(indices, dtype=torch.long)]
+
+    def field(self, name: str) -> np.ndarray:
+        """Per-image metadata ``name`` (see :mod:`fedreid.data.fields`), read once and cached."""
+        if name not in self._fields:
+            self._fields[name] = read_field(name, self.samples)
+        return self._fields[name]

@@ -4,5 +4,6 @@
 - ``sas``: mask-aware weighted averaging of pruned site models (SAS)
 - ``crr``: cross-round recovery state machine gating each site's pruning
 - ``codec``: sparse wire encoding of pruned states and validation of replies
-- ``accounting``: serialised byte counts and a per-round/site/direction ledger
+- ``accounting``: the serialised byte count of what Flower sends
+- ``admission``: whether a site may take part in a run (its name and shared arrays)
 """

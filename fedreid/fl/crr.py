@@ -83,6 +83,13 @@ class CrossRoundRecovery:
         self._score: float | None = None
         self._weights: dict[str, np.ndarray] = {}
         self._masks: dict[str, np.ndarray] = {}
+        self._labels: np.ndarray | None = None
+
+    @property
+    def recorded_labels(self) -> np.ndarray | None:
+        """The labels stage 1 scored with: stage 2 must score with the same ones, or label
+        noise (re-clustering between the stages) would drive the decision."""
+        return self._labels
 
     @property
     def pending(self) -> bool:
@@ -90,9 +97,11 @@ class CrossRoundRecovery:
         return self._score is not None
 
     def record_before_pruning(
-        self, score: float, weights: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray]
+        self, score: float, weights: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray],
+        labels: np.ndarray | None = None,
     ) -> None:
-        """Stage 1: back up the un-pruned weights, their mask and their score (copies)."""
+        """Stage 1: back up the un-pruned weights, their mask, their score and the labels the
+        score used (copies)."""
         if self.pending:
             raise ValueError(
                 "record_before_pruning: the previous pruning step was not checked yet; call "
@@ -101,6 +110,7 @@ class CrossRoundRecovery:
         self._score = _finite(score, "score")
         self._weights = _copy(weights, "weights")
         self._masks = _copy(masks, "masks")
+        self._labels = None if labels is None else np.array(labels, copy=True)
 
     def check_downloaded(self, score: float) -> CRRDecision:
         """Stage 2: judge the last pruning step by the downloaded model's score."""
@@ -119,7 +129,7 @@ class CrossRoundRecovery:
                 self.pause_left = self.pause_rounds
         else:
             decision = CRRDecision("accept", score, reference)
-        self._score, self._weights, self._masks = None, {}, {}
+        self._score, self._weights, self._masks, self._labels = None, {}, {}, None
         return decision
 
     def can_prune(self, current_sparsity: float, target: float) -> bool:
@@ -145,6 +155,8 @@ class CrossRoundRecovery:
         }
         out.update({f"weights::{k}": v for k, v in self._weights.items()})
         out.update({f"masks::{k}": v for k, v in self._masks.items()})
+        if self._labels is not None:
+            out["labels::probe"] = self._labels
         return out
 
     @classmethod
@@ -169,6 +181,8 @@ class CrossRoundRecovery:
                     crr._weights[name] = np.array(value, copy=True)
                 elif prefix == "masks":
                     crr._masks[name] = np.array(value, copy=True)
+                elif prefix == "labels":
+                    crr._labels = np.array(value, copy=True)
         return crr
 
 

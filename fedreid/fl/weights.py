@@ -38,6 +38,7 @@ KLAW_SIGNS = ("more_divergence_more_weight", "less_divergence_more_weight")
 KLAW_INVERSES = ("reciprocal", "exp")
 PRAW_FORMS = ("ratio", "density", "inverse_density")
 COMBINES = ("convex", "product")
+WEIGHTINGS = ("klpwa", "samples", "uniform", "cdw")
 
 
 def _vector(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
@@ -160,3 +161,29 @@ def cosine_distance(
 def cosine_distance_weights(distances: Sequence[float] | np.ndarray) -> np.ndarray:
     """Server side of CDW (FedCAPR, FedReID): weights proportional to the sites' distances."""
     return normalise(distances, "distances")
+
+
+def site_weights(
+    weighting: str,
+    *,
+    num_examples: Sequence[float],
+    kl_divergence: Sequence[float],
+    cosine_distance: Sequence[float],
+    prune_ratio: Sequence[float],
+    klaw_sign: str = "more_divergence_more_weight",
+    praw_form: str = "ratio",
+    combine: str = "convex",
+    beta: float = 0.5,
+) -> np.ndarray:
+    """The aggregation weights of ``weighting`` (one of :data:`WEIGHTINGS`) from the sites'
+    reported signals, each a sequence in site order."""
+    if weighting == "samples":
+        return sample_count_weights(num_examples)
+    if weighting == "uniform":
+        return np.full(len(num_examples), 1.0 / len(num_examples))
+    if weighting == "cdw":
+        return cosine_distance_weights(cosine_distance)
+    if weighting == "klpwa":
+        return klpwa(klaw(kl_divergence, sign=klaw_sign), praw(prune_ratio, form=praw_form),
+                     combine=combine, beta=beta)
+    raise ValueError(f"weighting={weighting!r}: choose one of {WEIGHTINGS}")

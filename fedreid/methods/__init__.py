@@ -1,23 +1,26 @@
-"""Client methods by name. A site picks one with ``method.name``."""
+"""Client methods by name. A site picks one with ``method.name`` (or ``sites.<site>.method``).
+
+Each entry is a :class:`ReidMethod` subclass; its ``Options`` dataclass becomes the config
+section ``method.<name>``. Adding a method is one module here and one entry below.
+"""
 
 from __future__ import annotations
 
-from fedreid.methods.base import BatchOutput, ReidMethod
+from fedreid.methods.base import MethodOptions, MethodSetup, ReidMethod, StepOutput
 from fedreid.methods.bot import BoTMethod
 from fedreid.methods.capr import CAPRMethod
+from fedreid.methods.scm import SCMMethod
+from fedreid.methods.vitc import ViTCMethod
 
 METHODS: dict[str, type[ReidMethod]] = {
-    BoTMethod.name: BoTMethod,
-    CAPRMethod.name: CAPRMethod,
+    cls.name: cls for cls in (BoTMethod, CAPRMethod, SCMMethod, ViTCMethod)
 }
 
 
 def get_method(name: str) -> type[ReidMethod]:
     if name not in METHODS:
-        raise ValueError(
-            f"method.name={name!r} is not a known method; choose one of {', '.join(METHODS)}"
-        )
+        raise ValueError(f"method {name!r} is not a known method; choose one of {', '.join(METHODS)}")
     return METHODS[name]
 
 
-__all__ = ["METHODS", "BatchOutput", "ReidMethod", "get_method"]
+__all__ = ["METHODS", "MethodOptions", "MethodSetup", "ReidMethod", "StepOutput", "get_method"]

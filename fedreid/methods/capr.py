@@ -3,57 +3,74 @@
 Each epoch: features of every training image → (per-camera centring) → k-reciprocal Jaccard
 distance → DBSCAN → per-camera proxies, outliers as one-image proxies; then train with the
 camera-aware proxy memory loss on P×K batches of proxies. No identity label is used.
-Pseudo-labels and the memory are site-private.
+Pseudo-labels and the memory never leave the site.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fedreid.data.batch import Batch, BatchSpec
 from fedreid.data.samplers import pk_batches
-from fedreid.eval.features import extract_features
 from fedreid.losses import CameraProxyMemoryLoss
-from fedreid.methods.base import BatchOutput, ReidMethod
-from fedreid.methods.batches import eval_batches
+from fedreid.methods.base import MethodOptions, MethodSetup, ReidMethod, StepOutput
 from fedreid.pseudo_labels import cluster_pseudo_labels, site_neighbourhood
+
+
+@dataclass
+class CaprOptions(MethodOptions):
+    eps: float = 0.5  # DBSCAN radius on the Jaccard distance
+    min_samples: int = 4
+    k1: int = 20
+    k2: int = 6
+    temperature: float = 0.07
+    intra_weight: float = 0.6
+    inter_weight: float = 0.7
+    momentum: float = 0.2  # memory keeps this fraction of its old value
+    hard_negatives: int = 50
+    camera_centre: bool = True  # cluster per-camera-centred features (learns from random weights)
+    outlier_instances: bool = True  # outliers train as one-image proxies instead of being dropped
+    adaptive_k: bool = True  # shrink k1/k2 on small sites (fedreid.pseudo_labels.site_neighbourhood)
 
 
 class CAPRMethod(ReidMethod):
     name = "capr"
     supervised = False
+    Options = CaprOptions
+    batch_spec = BatchSpec(views=1, labels=False)
 
-    def __init__(self, cfg, model, train, device):
-        super().__init__(cfg, model, train, device)
-        c = cfg.method.capr
+    def __init__(self, options: CaprOptions, model, setup: MethodSetup):
+        super().__init__(options, model, setup)
         self.memory = CameraProxyMemoryLoss(
-            temperature=c.temperature,
-            intra_weight=c.intra_weight,
-            inter_weight=c.inter_weight,
-            alpha=c.momentum,
-            bg_knn=c.hard_negatives,
-        ).to(device)
-        self.private["memory"] = self.memory
-        self.sample_proxy = np.full(len(train), -1, dtype=np.int64)
-        self.cluster_labels = np.full(len(train), -1, dtype=np.int64)  # DBSCAN's, for CRR
+            temperature=options.temperature,
+            intra_weight=options.intra_weight,
+            inter_weight=options.inter_weight,
+            alpha=options.momentum,
+            bg_knn=options.hard_negatives,
+        ).to(self.device)
+        self.heads["memory"] = self.memory
+        n = len(self.train_store)
+        self.sample_proxy = np.full(n, -1, dtype=np.int64)
+        self.cluster_labels = np.full(n, -1, dtype=np.int64)  # DBSCAN's, for CRR
+        self.clustered = False
 
     def prepare_epoch(self, epoch: int) -> dict[str, float]:
-        c = self.cfg.method.capr
-        feats = extract_features(
-            self.model,
-            eval_batches(self.train_store, self.cfg.eval.batch_size, self.device),
-            device=self.device,
-            flip=False,
-        )
-        k1, k2 = site_neighbourhood(len(self.train_store), c.k1, c.k2) if c.adaptive_k else (c.k1, c.k2)
+        o = self.options
+        feats = self.embed(self.train_store, flip=False)
+        k1, k2 = site_neighbourhood(len(self.train_store), o.k1, o.k2) if o.adaptive_k else (o.k1, o.k2)
         pl = cluster_pseudo_labels(
-            feats.cpu().numpy(), self.train_store.camids,
-            eps=c.eps, min_samples=c.min_samples, k1=k1, k2=k2,
-            camera_centre=c.camera_centre, outlier_instances=c.outlier_instances,
+            feats.numpy(), self.train_store.camids,
+            eps=o.eps, min_samples=o.min_samples, k1=k1, k2=k2,
+            camera_centre=o.camera_centre, outlier_instances=o.outlier_instances,
         )
         self.sample_proxy = np.asarray(pl.sample_proxy, dtype=np.int64)
-        self.cluster_labels = pl.labels
+        self.cluster_labels = np.asarray(pl.labels, dtype=np.int64)
+        self.clustered = True
         if len(pl.proxy_cluster) > 0:
             self.memory.reset(
                 torch.as_tensor(pl.proxy_centers, dtype=torch.float32, device=self.device),
@@ -68,19 +85,35 @@ class CAPRMethod(ReidMethod):
         }
 
     def batches(self, rng: np.random.Generator) -> list[np.ndarray]:
-        t = self.cfg.train
         if (self.sample_proxy >= 0).sum() == 0:
             return []  # nothing clustered yet: the epoch trains nothing (logged as 0 batches)
-        return pk_batches(self.sample_proxy, t.batch_size, t.num_instances, rng)
+        return pk_batches(self.sample_proxy, self.setup.batch_size, self.setup.num_instances, rng)
 
-    def loss(self, out: BatchOutput) -> tuple[torch.Tensor, dict[str, float]]:
-        feats = F.normalize(out.bn_feat, dim=1)
-        targets = torch.as_tensor(self.sample_proxy[out.indices], device=feats.device)
-        camids = torch.as_tensor(self.train_store.camids[out.indices], device=feats.device)
-        loss = self.memory(feats, targets, camids)
-        return loss, {"loss_cap": float(loss.detach())}
+    def training_step(self, batch: Batch) -> StepOutput:
+        _, bn_feat = self.model(batch.images)
+        bn_feat = bn_feat.float()
+        feats = F.normalize(bn_feat, dim=1)
+        targets = torch.as_tensor(self.sample_proxy[batch.indices], device=feats.device)
+        loss = self.memory(feats, targets, batch.camids)
+        return StepOutput(loss, {"loss_cap": float(loss.detach())}, embedding=bn_feat)
 
-    def after_step(self, out: BatchOutput) -> None:
-        feats = F.normalize(out.bn_feat.detach(), dim=1)
-        targets = torch.as_tensor(self.sample_proxy[out.indices], device=feats.device)
+    def after_step(self, batch: Batch, out: StepOutput) -> None:
+        feats = F.normalize(out.embedding.detach(), dim=1)
+        targets = torch.as_tensor(self.sample_proxy[batch.indices], device=feats.device)
         self.memory.update(feats, targets)
+
+    def crr_labels(self) -> np.ndarray | None:
+        # clusters span cameras (proxies do not): CRR's cross-camera score needs clusters
+        return self.cluster_labels if self.clustered else None
+
+    def local_state(self) -> dict[str, np.ndarray]:
+        state = super().local_state()
+        if self.clustered:
+            state["cluster_labels"] = self.cluster_labels.copy()
+        return state
+
+    def load_local_state(self, state: Mapping[str, np.ndarray]) -> None:
+        super().load_local_state(state)
+        if "cluster_labels" in state:
+            self.cluster_labels = np.asarray(state["cluster_labels"], dtype=np.int64)
+            self.clustered = True

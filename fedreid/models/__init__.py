@@ -1,7 +1,7 @@
-"""Re-ID networks: a registry of backbones + BNNeck, their initial weights and the split of a
-model's state into what a federation shares and what stays on a site.
+"""Re-ID networks: a registry of backbones (CNNs and ViTs) + BNNeck, their initial weights,
+and the split of a model's state into what a federation shares and what stays on a site.
 
-``build_model`` is the one entry point; a new backbone is one line in ``BACKBONES``.
+``build_model`` is the one entry point; a new backbone is one entry in ``BACKBONES``.
 """
 
 from __future__ import annotations
@@ -17,14 +17,19 @@ from fedreid.models.device import (
 from fedreid.models.reid_net import (
     BACKBONES,
     NECKS,
-    PRIVATE_PREFIX,
+    BackboneOptions,
     BackboneSpec,
     ReidNet,
     ReidOutput,
     backbone_spec,
-    is_shared_key,
-    load_shared_state_dict,
-    shared_state_dict,
+)
+from fedreid.models.sharing import (
+    SHARE_RULES,
+    keys_with_prefixes,
+    load_subset,
+    local_subset,
+    shared_keys_by_rule,
+    state_subset,
 )
 from fedreid.models.weights import WEIGHTS_CHOICES, load_weights
 
@@ -32,17 +37,18 @@ from fedreid.models.weights import WEIGHTS_CHOICES, load_weights
 def build_model(
     arch: str = "resnet18",
     weights: str = "none",
+    options: BackboneOptions | None = None,
     *,
-    last_stride: int = 1,
     neck: str = "bnneck",
     feat_norm: bool = True,
 ) -> ReidNet:
     """Build ``arch`` (a ``BACKBONES`` key) + neck and initialise it from ``weights``.
 
-    ``weights``: ``"none"`` (random init), ``"imagenet"`` (torchvision; hub cache or download),
-    ``"deepsort"`` (mobilenet_v2 only; needs the ``pretrained`` extra) or a file path.
+    ``weights``: ``"none"`` (random init), ``"imagenet"`` (torchvision CNNs; hub cache or
+    download), ``"deepsort"`` (mobilenet_v2 only; needs the ``pretrained`` extra) or a file
+    path (torchvision or timm state dict, or a fedreid checkpoint).
     """
-    backbone = backbone_spec(arch).factory(last_stride=last_stride)
+    backbone = backbone_spec(arch).factory(options or BackboneOptions())
     model = ReidNet(backbone, neck=neck, feat_norm=feat_norm)
     load_weights(model, arch, weights)
     return model
@@ -51,9 +57,10 @@ def build_model(
 __all__ = [
     "BACKBONES",
     "NECKS",
-    "PRIVATE_PREFIX",
+    "SHARE_RULES",
     "WEIGHTS_CHOICES",
     "BNNeck",
+    "BackboneOptions",
     "BackboneSpec",
     "IdentityHead",
     "ReidNet",
@@ -62,11 +69,13 @@ __all__ = [
     "autocast_context",
     "backbone_spec",
     "build_model",
-    "is_shared_key",
-    "load_shared_state_dict",
+    "keys_with_prefixes",
+    "load_subset",
     "load_weights",
+    "local_subset",
     "make_grad_scaler",
     "resolve_device",
-    "shared_state_dict",
+    "shared_keys_by_rule",
+    "state_subset",
     "to_channels_last",
 ]

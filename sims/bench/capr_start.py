@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
 from fedreid.config import load_config
 from fedreid.data.sources import ensure_data_root
-from fedreid.engine import SiteTrainer, build_optimizer, load_site
+from fedreid.data.split_images import load_split_images
+from fedreid.training import LocalTrainer, stream_seed
 
 FIXED_K = ["method.capr.adaptive_k=false", "method.capr.k1=20", "method.capr.k2=6"]
 VARIANTS = {
@@ -45,18 +45,19 @@ def main() -> None:
     p.add_argument("--variants", default=",".join(VARIANTS))
     args = p.parse_args()
     root = ensure_data_root(args.data, sites=[args.site], synth_scale=1.0, synth_seed=0)
-    data = load_site(root / args.site, "fedreid", (64, 32))
+    data = load_split_images(root / args.site, "fedreid", (64, 32))
     results = []
     for name in args.variants.split(","):
         cfg = load_config(["method.name=capr", "data.height=64", "data.width=32", *VARIANTS[name]])
-        trainer = SiteTrainer(cfg, data)
-        opt = build_optimizer(cfg, trainer.method, cfg.train.lr)
+        trainer = LocalTrainer(cfg, data)
+        opt = trainer.optimizer()
         start = trainer.evaluate()["mAP"]
         print(f"{name}: untrained mAP {start:.4f}", flush=True)
         started = time.perf_counter()
         last = start
         for epoch in range(args.epochs):
-            stats = trainer.train_epochs(1, seed=epoch, epoch_offset=epoch, optimizer=opt)
+            stats = trainer.train_epochs(1, seed=stream_seed(cfg.seed, args.site, epoch), epoch_offset=epoch,
+                                         optimizer=opt)
             labels = trainer.method.cluster_labels
             clustered = labels >= 0
             ari = adjusted_rand_score(data.train.pids[clustered], labels[clustered]) if clustered.any() else 0.0

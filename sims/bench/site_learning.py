@@ -1,15 +1,20 @@
 """Does each method learn on each synthetic-8 site alone? Untrained vs trained mAP / Rank-1.
 
-    python -m sims.bench.site_learning --epochs 5 --methods bot,capr [--size 64x32]
-        [--arch resnet18 --weights none] [--sites duke,market] [--out results.md]
+    python -m sims.bench.site_learning --epochs 4 --methods bot,capr,scm,vitc [--size 64x32]
+        [--sites duke,market] [--variant LABEL METHOD [key=value ...]] [--out results.md]
+        [key=value ...]
 
-Trains every (site, method) from the same initial weights with `fedreid train`'s trainer and
-prints one table; the untrained column is the same network before training.
+Every (site, variant) starts from the same initial weights of its backbone and trains with
+`fedreid train`'s trainer; the table gives the untrained and trained mAP and Rank-1 and the
+training seconds. ``--methods`` adds one variant per method; ``--variant`` adds a labelled
+one with its own overrides (e.g. ``--variant ce-only scm method.scm.supcon_weight=0``);
+trailing ``key=value`` overrides apply to every variant.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -18,8 +23,36 @@ import torch
 from fedreid.config import load_config
 from fedreid.config.schema import SYNTHETIC8_SITES
 from fedreid.data.sources import ensure_data_root
-from fedreid.engine import SiteTrainer, build_optimizer, load_site
+from fedreid.data.split_images import load_split_images
 from fedreid.runlog import markdown_table
+from fedreid.training import LocalTrainer, stream_seed
+
+
+def train_variant(images, overrides: list[str], epochs: int) -> dict[str, float]:
+    """Untrained and trained figures of one variant on one site."""
+    cfg = load_config(overrides)
+    trainer = LocalTrainer(cfg, images)
+    before = trainer.evaluate()
+    opt = trainer.optimizer()
+    started = time.perf_counter()
+    for epoch in range(epochs):
+        trainer.train_epochs(1, seed=stream_seed(cfg.seed, images.name, epoch), epoch_offset=epoch,
+                             optimizer=opt)
+    seconds = time.perf_counter() - started
+    after = trainer.evaluate()
+    out = {"untrained_mAP": before["mAP"], "untrained_rank1": before["rank1"], "mAP": after["mAP"],
+           "rank1": after["rank1"], "seconds": seconds}
+    out.update({k: v for k, v in after.items() if k.startswith("rerank_")})
+    return out
+
+
+def variants_from(args: argparse.Namespace) -> dict[str, list[str]]:
+    out = {m: [f"method.name={m}"] for m in filter(None, args.methods.split(","))}
+    for label, method, *over in args.variant or []:
+        out[label] = [f"method.name={method}", *over]
+    if not out:
+        raise SystemExit("give --methods or at least one --variant")
+    return out
 
 
 def main() -> None:
@@ -27,48 +60,42 @@ def main() -> None:
     p.add_argument("--data", default="data/synthetic-8")
     p.add_argument("--sites", default=",".join(SYNTHETIC8_SITES))
     p.add_argument("--methods", default="bot,capr")
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--variant", nargs="+", action="append", metavar="LABEL METHOD [key=value]")
+    p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--size", default="64x32")
-    p.add_argument("--arch", default="resnet18")
-    p.add_argument("--weights", default="none")
-    p.add_argument("--lr", type=float, default=3.5e-4)
-    p.add_argument("--out", default="")
+    p.add_argument("--out", default="", help="write the table (.md) and the figures (.json beside it)")
+    p.add_argument("overrides", nargs="*", help="config overrides for every variant")
     args = p.parse_args()
     h, w = (int(v) for v in args.size.split("x"))
     sites = args.sites.split(",")
-    methods = args.methods.split(",")
+    variants = variants_from(args)
     root = ensure_data_root(args.data, sites=sites, synth_scale=1.0, synth_seed=0)
-    rows = []
+    common = [f"data.height={h}", f"data.width={w}", "device=auto", *args.overrides]
+    results: dict[str, dict[str, dict[str, float]]] = {}
     started = time.perf_counter()
     for site in sites:
-        data = load_site(root / site, "fedreid", (h, w))
-        row = [site]
-        for i, method in enumerate(methods):
-            cfg = load_config([f"method.name={method}", f"data.height={h}", f"data.width={w}",
-                               f"model.arch={args.arch}", f"model.weights={args.weights}",
-                               f"train.lr={args.lr}", "device=auto"])
-            trainer = SiteTrainer(cfg, data)
-            if i == 0:
-                before = trainer.evaluate()
-                row += [before["mAP"], before["rank1"]]
-            opt = build_optimizer(cfg, trainer.method, cfg.train.lr)
-            for epoch in range(args.epochs):
-                trainer.train_epochs(1, seed=epoch, epoch_offset=epoch, optimizer=opt)
-            after = trainer.evaluate()
-            row += [after["mAP"], after["rank1"]]
-            print(f"{site} {method}: mAP {before['mAP']:.3f} → {after['mAP']:.3f}", flush=True)
-        rows.append(row)
-    n = len(rows)
-    means = ["**mean**"] + [sum(r[j] for r in rows) / n for j in range(1, len(rows[0]))]
-    headers = ["site", "untrained mAP", "untrained R1"]
-    for m in methods:
-        headers += [f"{m} mAP", f"{m} R1"]
-    table = markdown_table(headers, [*rows, means])
-    title = (f"{args.arch} ({args.weights}) at {args.size}, {args.epochs} epochs, "
-             f"torch threads {torch.get_num_threads()}, {time.perf_counter() - started:.0f} s")
+        images = load_split_images(root / site, "fedreid", (h, w))
+        results[site] = {}
+        for label, over in variants.items():
+            r = train_variant(images, [*common, *over], args.epochs)
+            results[site][label] = r
+            print(f"{site} {label}: mAP {r['untrained_mAP']:.3f} → {r['mAP']:.3f} "
+                  f"(Rank-1 {r['rank1']:.3f}, {r['seconds']:.0f} s)", flush=True)
+    headers = ["site"]
+    for label in variants:
+        headers += [f"{label} untrained mAP", f"{label} mAP", f"{label} R1", f"{label} s"]
+    keys = ("untrained_mAP", "mAP", "rank1", "seconds")
+    rows = [[site, *[results[site][v][k] for v in variants for k in keys]] for site in sites]
+    rows.append(["**mean**", *[sum(results[s][v][k] for s in sites) / len(sites) for v in variants for k in keys]])
+    table = markdown_table(headers, rows)
+    title = (f"{args.size}, {args.epochs} epochs, overrides {args.overrides or 'none'}, torch threads "
+             f"{torch.get_num_threads()}, {time.perf_counter() - started:.0f} s")
     print(f"\n{title}\n\n{table}")
     if args.out:
-        Path(args.out).write_text(f"# {title}\n\n{table}")
+        out = Path(args.out)
+        out.write_text(f"# Site learning: {title}\n\n{table}")
+        out.with_suffix(".json").write_text(json.dumps({"title": title, "variants": variants,
+                                                        "results": results}, indent=1))
 
 
 if __name__ == "__main__":

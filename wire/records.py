@@ -1,6 +1,6 @@
 """Numpy dicts ⇄ Flower ArrayRecords, and the bytes Flower actually sends for them.
 
-Shared by the server and the site runtime (both sides of the wire use the same encoding).
+Shared by the coordinator and the sites: both ends of the wire use the same encoding.
 """
 
 from __future__ import annotations

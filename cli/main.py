@@ -10,11 +10,11 @@ from typing import Annotated
 
 import typer
 
-from fedreid.cli_common import checked_dataset, console
-from fedreid.cli_common import fail as _fail
+from cli.common import checked_dataset, console
+from cli.common import fail as _fail
+from cli.deploy import certs, keys_app, server_app, site_app
 from fedreid.config import ConfigError, config_to_yaml, load_config
 from fedreid.data.records import DataError
-from fedreid.deploy.cli import certs, keys_app, server_app, site_app
 
 app = typer.Typer(
     help="Federated person re-identification (FedKLPR on Flower).",
@@ -106,7 +106,7 @@ def train(
     data: Annotated[Path | None, typer.Option(help="Data root with one folder per site.")] = None,
     config: ConfigFile = None,
 ) -> None:
-    """Train one site alone (method=bot|capr) and evaluate it — the centralised reference."""
+    """Train one site alone (method=NAME: bot, capr, scm, vitc, ...) and evaluate it — the centralised reference."""
     from fedreid.single_site import train_single_site
 
     extra = [f"data.root={data}"] if data else []

@@ -15,12 +15,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from fedreid.cli_common import checked_dataset, console
-from fedreid.cli_common import fail as _fail
-from fedreid.config import ConfigError, FedReIDConfig, flat_items, load_config
+from cli.common import checked_dataset, console
+from cli.common import fail as _fail
+from fedreid.config import ConfigError, FedReIDConfig, load_config
+from fedreid.config.loader import run_config_toml
 from fedreid.data.records import DataError
 from fedreid.deploy import certs as certs_mod
 from fedreid.deploy import processes, run_status, sharing
+from fedreid.deploy.flower_app import flower_app_dir
 
 server_app = typer.Typer(help="Coordinator: start the SuperLink, submit and follow runs.",
                          no_args_is_help=True)
@@ -197,30 +199,6 @@ def server_start(
     _exec(cmd, env, dry_run)
 
 
-def default_app_dir() -> Path:
-    """The fedreid checkout (the folder with pyproject.toml) this package runs from."""
-    return Path(__file__).resolve().parents[2]
-
-
-def run_config_toml(cfg: FedReIDConfig, resume_dir: Path | None) -> str:
-    """The whole resolved config as Flower run-config overrides (lists comma-separated)."""
-    lines = []
-    items = dict(flat_items(cfg))
-    if resume_dir is not None:
-        items["fl.resume_dir"] = str(resume_dir)
-    for key, value in items.items():
-        if isinstance(value, list):
-            value = ",".join(str(v) for v in value)
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, (int, float)):
-            text = repr(float(value)) if isinstance(value, float) else str(value)
-        else:
-            text = '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-        lines.append(f'"{key}" = {text}')
-    return "\n".join(lines) + "\n"
-
-
 def _run_config(overrides: list[str], config: Path | None, sites: str | None, run_dir: Path,
                 resume: Path | None) -> FedReIDConfig:
     extra = [f"run_dir={run_dir.resolve()}"]
@@ -256,23 +234,24 @@ def server_run(
     sites: Annotated[str | None, typer.Option(help="Comma-separated site names taking part (data.sites); each round waits for them.")] = None,
     run_dir: Annotated[Path, typer.Option(help="Results folder on the coordinator; the run writes <run-dir>/flwr-<run id>/.")] = Path("runs"),
     resume: Annotated[Path | None, typer.Option(help="Run folder of a crashed run: continue at its next unfinished round.")] = None,
-    app: Annotated[Path | None, typer.Option(help="The fedreid app folder to submit (default: this checkout).")] = None,
+    app: Annotated[Path | None, typer.Option(help="The fedreid app folder to submit (default: this checkout, or one written for the installed package).")] = None,
     timeout: Annotated[float, typer.Option(help="Stop the run after this many seconds (0 = wait for its end).")] = 0.0,
 ) -> None:
     """Submit the fedreid app to the SuperLink, follow it, exit non-zero unless it completed."""
     conn = _connection(superlink, root_certificates, insecure)
     resume_dir = resume.resolve() if resume is not None else None
     cfg = _run_config(list(overrides or []), config, sites, run_dir, resume_dir)
-    app_dir = (app or default_app_dir()).resolve()
-    if "[tool.flwr.app]" not in ((app_dir / "pyproject.toml").read_text()
-                                 if (app_dir / "pyproject.toml").is_file() else ""):
-        _fail(f"--app {app_dir} is not a Flower app (no pyproject.toml with [tool.flwr.app]); pass "
-              "the fedreid checkout")
+    if app is not None and "[tool.flwr.app]" not in ((app / "pyproject.toml").read_text()
+                                                     if (app / "pyproject.toml").is_file() else ""):
+        _fail(f"--app {app} is not a Flower app (no pyproject.toml with [tool.flwr.app]); pass "
+              "the fedreid checkout or leave --app out")
     if resume_dir is not None and not (resume_dir / "checkpoints" / "latest.pt").exists():
         _warn(f"{resume_dir} has no finished round yet: the run starts from round 1 in that folder")
     with tempfile.TemporaryDirectory(prefix="fedreid-run-") as tmp, run_status.flwr_cli_env(conn) as env:
+        app_dir = (app or flower_app_dir(Path(tmp))).resolve()
         run_config = Path(tmp) / "run-config.toml"
-        run_config.write_text(run_config_toml(cfg, resume_dir))
+        extra = {"fl.resume_dir": str(resume_dir)} if resume_dir is not None else None
+        run_config.write_text(run_config_toml(cfg, extra=extra))
         try:
             run_id = run_status.submit_run(app_dir, run_config, env)
         except RuntimeError as exc:
@@ -330,7 +309,7 @@ def site_join(
         help="This site's private key (`fedreid keys create`): its identity across restarts.")] = None,
     insecure: Insecure = False,
     dataset: Annotated[str, typer.Option(help="Reader name of the data folder.")] = "fedreid",
-    method: Annotated[str | None, typer.Option(help="Local method (bot = labelled, capr = unlabelled) (default: the run's).")] = None,
+    method: Annotated[str | None, typer.Option(help="This site's method, a name in `fedreid config` method.* (default: the run's sites.<site>.method, else method.name).")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: the run's).")] = None,
     state_dir: Annotated[Path | None, typer.Option(help="Private state (mask, CRR backup, head/memory) (default: site-state/<site>).")] = None,
     runtime_port: Annotated[int, typer.Option(help="Local port between the SuperNode and its ClientApps; unique per site on one machine.")] = 9094,
@@ -394,14 +373,3 @@ def site_join(
                   f"coordinator is unreachable the SuperNode retries with exponential backoff "
                   f"({limit}) and logs each try.", highlight=False, soft_wrap=True)
     _exec(cmd, processes.flower_env(flwr_home or state / ".flwr"), dry_run)
-
-
-deploy_app = typer.Typer(help="fedreid deployment commands.", no_args_is_help=True,
-                         pretty_exceptions_enable=False, add_completion=False)
-deploy_app.add_typer(server_app, name="server")
-deploy_app.add_typer(site_app, name="site")
-deploy_app.add_typer(keys_app, name="keys")
-deploy_app.command("certs")(certs)
-
-if __name__ == "__main__":
-    deploy_app()
