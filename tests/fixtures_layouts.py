@@ -263,3 +263,158 @@ def fedreid_meta(
         "identities": identities,
         "images": images,
     }
+
+
+# AG-ReID v1 (official toolkit layout): train 2 ids / 2 cams / 4; query: 2 aerial (ids P0010
+# session 02140 level 0 and P0011 session 02141 level 2) + 1 ground (P0010); gallery: 2 aerial +
+# 2 ground. Aerial->ground: 2 queries, 2 ground gallery; ground->aerial: 1 query, 2 aerial.
+AGREID_FILES = {
+    "bounding_box_train": [
+        "P0001T04041A0C0F31.jpg",
+        "P0001T04041A0C3F691.jpg",
+        "P0002T04041A1C0F61.jpg",
+        "P0002T04041A1C3F121.jpg",
+    ],
+    "query_all_c0": ["P0010T02140A0C0F91.jpg", "P0011T02141A2C0F100.jpg"],
+    "query_all_c3": ["P0010T02140A0C3F751.jpg"],
+    "bounding_box_test_all_c0": ["P0010T02140A0C0F31.jpg", "P0011T02141A2C0F61.jpg"],
+    "bounding_box_test_all_c3": ["P0010T02140A0C3F691.jpg", "P0011T02141A2C3F700.jpg"],
+}
+
+
+def make_agreid(root: Path, *, attributes: str = "") -> Path:
+    """AG-ReID v1; ``attributes`` = "mat"/"json"/"csv" writes the identity attribute file for
+    the four pids (keys: the concatenated P+T+A number)."""
+    for folder, names in AGREID_FILES.items():
+        write_images(root / folder, names)
+    if attributes:
+        pids = {"train": [1040410, 2040411], "test": [10021400, 11021412]}
+        write_attributes(root, "qut_attribute_v4_88_attributes", pids, attributes)
+    return root
+
+
+# AG-ReID.v2 (train_all/query/gallery with one level of sub-folders): train 2 ids / 3 cams / 3;
+# query: 1 aerial (P0020 level 1), 1 CCTV and 1 wearable (P0021 level 0); gallery: aerial,
+# CCTV and wearable images of both test ids (6).
+AGREID_V2_FILES = {
+    "train_all": [
+        "P0001T03220A1/P0001T03220A1C0F01111.jpg",
+        "P0001T03220A1/P0001T03220A1C2F01200.jpg",
+        "P0002T03221A0/P0002T03221A0C3F00500.jpg",
+    ],
+    "query": [
+        "P0020T05010A1/P0020T05010A1C0F00010.jpg",
+        "P0021T05011A0/P0021T05011A0C3F00020.jpg",
+        "P0021T05011A0/P0021T05011A0C2F00030.jpg",
+    ],
+    "gallery": [
+        "P0020T05010A1/P0020T05010A1C0F00110.jpg",
+        "P0020T05010A1/P0020T05010A1C2F00120.jpg",
+        "P0020T05010A1/P0020T05010A1C3F00130.jpg",
+        "P0021T05011A0/P0021T05011A0C0F00140.jpg",
+        "P0021T05011A0/P0021T05011A0C2F00150.jpg",
+        "P0021T05011A0/P0021T05011A0C3F00160.jpg",
+    ],
+}
+
+
+def make_agreid_v2(root: Path) -> Path:
+    base = root / "AG-ReID.v2"
+    for folder, names in AGREID_V2_FILES.items():
+        write_images(base / folder, names)
+    return root
+
+
+# HITSZ-VCM: train pid 1 (infrared D1 and visible D2, 12 frames each) plus a 3-frame tracklet
+# (dropped, counted); test pids 3 and 4: infrared tracklets are the query (query_IDX rows 1, 3),
+# visible ones the gallery. -> train 1 id / 2 tracklets / 24 frames; query 2 / 24; gallery 2 / 24.
+VCM_TRAIN_ROWS = [(1, 1, 1, 1), (2, 1, 2, 2), (2, 1, 3, 3)]  # (modality, pid, camera, tracklet)
+VCM_TEST_ROWS = [(1, 3, 1, 1), (2, 3, 4, 2), (1, 4, 5, 1), (2, 4, 6, 2)]
+VCM_SHORT_TRACKLET = 2  # index into VCM_TRAIN_ROWS of the 3-frame tracklet
+
+
+def _vcm_subset(base: Path, subset: str, rows: list[tuple[int, int, int, int]], short: int) -> None:
+    names, info, start = [], [], 1
+    for index, (modality, pid, camera, tracklet) in enumerate(rows):
+        length = 3 if index == short else 12
+        for frame in range(1, length + 1):
+            picture = f"{tracklet * 100 + frame}.jpg"
+            names.append(f"{pid:04d}M{modality}D{camera}T{tracklet}F{picture}")
+            folder = base / subset.capitalize() / f"{pid:04d}" / ("ir" if modality == 1 else "rgb")
+            write_image(folder / f"D{camera}" / picture)
+        info.append(f"{modality} {start} {start + length - 1} {pid} {camera}")
+        start += length
+    (base / "info" / f"{subset}_name.txt").write_text("\n".join(names) + "\n")
+    (base / "info" / f"track_{subset}_info.txt").write_text("\n".join(info) + "\n")
+
+
+def make_hitsz_vcm(root: Path) -> Path:
+    base = root / "HITSZ-VCM"
+    (base / "info").mkdir(parents=True)
+    _vcm_subset(base, "train", VCM_TRAIN_ROWS, VCM_SHORT_TRACKLET)
+    _vcm_subset(base, "test", VCM_TEST_ROWS, -1)
+    (base / "info" / "query_IDX.txt").write_text("1 3\n")
+    return root
+
+
+# BUPTCampus: train pid 1 (an aligned RGB/IR pair in CQ1); test pid 5 (infrared query in G25,
+# aligned gallery pair in LS3) and pid 6 (visible query in CQ1, gallery pair in W4); 3 frames
+# per tracklet. -> train 1 id / 2 tracklets / 6; query 2 / 2 / 6; gallery 2 / 4 / 12.
+BUPT_LISTS = {
+    "train.txt": ["1 RGB/IR CQ1 1"],
+    "train_auxiliary.txt": ["9 RGB/IR TSG1 1"],
+    "query.txt": ["5 IR G25 1", "6 RGB CQ1 2"],
+    "gallery.txt": ["5 RGB/IR LS3 1", "6 RGB/IR W4 1"],
+}
+
+
+def make_buptcampus(root: Path) -> Path:
+    base = root / "BUPTCampus"
+    paths: dict = {}
+    for list_name, lines in BUPT_LISTS.items():
+        (base / list_name).parent.mkdir(parents=True, exist_ok=True)
+        (base / list_name).write_text("\n".join(lines) + "\n")
+        for line in lines:
+            pid, modalities, camera, tracklet = line.split()
+            for modality in modalities.split("/"):
+                frames = [
+                    f"{pid}/{modality}/{camera}/{pid}_{modality}_{camera}_{tracklet}_{8535 + f}.jpg"
+                    for f in range(3)
+                ]
+                for rel in frames:
+                    write_image(base / "DATA" / rel)
+                paths.setdefault(pid, {}).setdefault(modality, {}).setdefault(camera, {})[
+                    tracklet
+                ] = frames
+    (base / "data_paths.json").write_text(json.dumps(paths))
+    return root
+
+
+# LTCC: train 2 ids / 3 cams / 3 (id 15 in two outfits); query: id 20 outfit 1 camera 1;
+# gallery: id 20 outfit 1 camera 2, id 20 outfit 2 camera 3, id 21 outfit 1 camera 12.
+LTCC_FILES = {
+    "train": ["015_1_c11_015923.png", "015_2_c5_000101.png", "016_1_c1_000777.png"],
+    "query": ["020_1_c1_000001.png"],
+    "test": ["020_1_c2_000002.png", "020_2_c3_000003.png", "021_1_c12_000004.png"],
+}
+
+
+def make_ltcc(root: Path) -> Path:
+    for folder, names in LTCC_FILES.items():
+        write_images(root / "LTCC_ReID" / folder, names)
+    return root
+
+
+# PRCC: train id 1 in A, B, C (3 images); test ids 10 and 11: gallery = A (2 images), query =
+# B (same clothes, 2) + C (other clothes, 2); one val image, not read.
+def make_prcc(root: Path) -> Path:
+    rgb = root / "prcc" / "rgb"
+    write_images(
+        rgb / "train" / "001",
+        ["A_cropped_rgb001.jpg", "B_cropped_rgb002.jpg", "C_cropped_rgb003.jpg"],
+    )
+    write_images(rgb / "val" / "002", ["A_cropped_rgb001.jpg"])
+    for camera in "ABC":
+        for pid in (10, 11):
+            write_images(rgb / "test" / camera / f"{pid:03d}", [f"cropped_rgb{pid}{camera}.jpg"])
+    return root

@@ -240,7 +240,8 @@ def test_unknown_name_lists_the_known_ones(tmp_path: Path) -> None:
         load_dataset(tmp_path, "market")
     assert set(READERS) == {
         "market1501", "dukemtmc", "cuhk03-np-detected", "cuhk03-np-labeled", "msmt17", "cuhk01",
-        "viper", "prid2011", "3dpes", "ilids-vid", "fedreid",
+        "viper", "prid2011", "3dpes", "ilids-vid", "fedreid", "agreid", "agreid-v2", "hitsz-vcm",
+        "buptcampus", "ltcc", "prcc",
     }  # fmt: skip
 
 

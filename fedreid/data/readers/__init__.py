@@ -12,9 +12,13 @@ import os
 from collections.abc import Callable
 
 from fedreid.data import images
+from fedreid.data.readers.agreid import read_agreid, read_agreid_v2
+from fedreid.data.readers.buptcampus import read_buptcampus
 from fedreid.data.readers.cuhk01 import read_cuhk01
 from fedreid.data.readers.fedreid_layout import read_fedreid
+from fedreid.data.readers.hitsz_vcm import read_hitsz_vcm
 from fedreid.data.readers.ilids_vid import read_ilids_vid
+from fedreid.data.readers.ltcc import read_ltcc
 from fedreid.data.readers.market_style import (
     read_cuhk03_np_detected,
     read_cuhk03_np_labeled,
@@ -23,6 +27,7 @@ from fedreid.data.readers.market_style import (
 )
 from fedreid.data.readers.msmt17 import read_msmt17
 from fedreid.data.readers.pes3d import read_3dpes
+from fedreid.data.readers.prcc import read_prcc
 from fedreid.data.readers.prid2011 import read_prid2011
 from fedreid.data.readers.viper import read_viper
 from fedreid.data.records import ReidSplits
@@ -38,6 +43,12 @@ READERS: dict[str, Callable[..., ReidSplits]] = {
     "prid2011": read_prid2011,
     "3dpes": read_3dpes,
     "ilids-vid": read_ilids_vid,
+    "agreid": read_agreid,
+    "agreid-v2": read_agreid_v2,
+    "hitsz-vcm": read_hitsz_vcm,
+    "buptcampus": read_buptcampus,
+    "ltcc": read_ltcc,
+    "prcc": read_prcc,
     "fedreid": read_fedreid,
 }
 
@@ -61,14 +72,20 @@ __all__ = [
     "READERS",
     "load_dataset",
     "read_3dpes",
+    "read_agreid",
+    "read_agreid_v2",
+    "read_buptcampus",
     "read_cuhk01",
     "read_cuhk03_np_detected",
     "read_cuhk03_np_labeled",
     "read_dukemtmc",
     "read_fedreid",
+    "read_hitsz_vcm",
     "read_ilids_vid",
+    "read_ltcc",
     "read_market1501",
     "read_msmt17",
+    "read_prcc",
     "read_prid2011",
     "read_viper",
 ]
