@@ -22,10 +22,13 @@ first), each taken by magnitude within the tensor. When a site prunes is
 :func:`pruning_due`, a pure function of the round and the schedule. Ties at a threshold are broken by position (tensor
 order, then row-major index), so results are deterministic.
 
-Training with masks: after ``loss.backward()`` call ``mask_gradients(model, masks)``; after
-``optimizer.step()`` call ``reapply_masks(model, masks)``. Re-masking is what keeps pruned
-weights exactly zero: Adam/AdamW and SGD momentum carry state from before pruning and would
-otherwise move them even with a zero gradient.
+Training with masks: wrap the model's masked parameters once per round
+(``MaskedParameters(model, masks)``) and call ``.reapply()`` after every ``optimizer.step()``.
+Re-masking is what keeps pruned weights exactly zero: Adam/AdamW and SGD momentum carry state
+from before pruning and would otherwise move them even with a zero gradient. Gradients are not
+masked: every optimiser here updates each element from that element's own gradient and state,
+so a pruned position's gradient never changes a kept weight (tests/test_prune.py checks it),
+and re-zeroing after the step is all that is needed.
 """
 
 from __future__ import annotations
@@ -233,25 +236,25 @@ def apply_masks(model_or_state: StateLike, masks: Mapping[str, torch.Tensor]) ->
             tensors[name].mul_(m)
 
 
-def reapply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
-    """Training-loop hook, call right after ``optimizer.step()``: pruned weights back to 0.
+class MaskedParameters:
+    """A model's pruned parameters and their masks, re-zeroed in one batched multiply.
 
-    Same operation as ``apply_masks``; named for its place in the loop. Needed because
-    momentum and Adam moments from before pruning move pruned weights despite zero grads.
+    The masks are converted once to the parameters' dtype and device, so the per-step cost
+    is one fused ``_foreach_mul_`` over the masked tensors instead of a bool-to-float cast
+    and a kernel launch per tensor.
     """
-    apply_masks(model, masks)
 
+    def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+        params = dict(model.named_parameters())
+        missing = [n for n in masks if n not in params]
+        if missing:
+            raise ValueError(f"masks: {missing[:3]} are not parameters of the model; rebuild the masks")
+        _checked(params, masks)
+        self.params = [params[n] for n in masks]
+        self.masks = [m.to(device=params[n].device, dtype=params[n].dtype) for n, m in masks.items()]
 
-def mask_gradients(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
-    """Zero the gradients of pruned weights in place (call after ``backward``).
-
-    Keeps pruned positions out of the optimizer's moment estimates; ``reapply_masks`` after
-    the step is still required because stale momentum from before pruning moves them.
-    """
-    params = dict(model.named_parameters())
-    for name, m in masks.items():
-        if name not in params:
-            raise ValueError(f"masks: {name!r} is not a parameter of the model")
-        grad = params[name].grad
-        if grad is not None:
-            grad.mul_(m)
+    @torch.no_grad()
+    def reapply(self) -> None:
+        """Pruned weights back to exactly 0 (call right after ``optimizer.step()``)."""
+        if self.params:
+            torch._foreach_mul_(self.params, self.masks)

@@ -80,11 +80,15 @@ def write_summary(run_dir: Path, title: str) -> str:
     last = curves["evals"][curves["rounds"][-1]]
     sites = sorted(last["sites"])
     reranked = any("global_rerank_mAP" in last["sites"][s] for s in sites)
+    trains = curves["trains"]
+    methods = {s: m.get("method", "?") for t in trains.values() for s, m in t.get("sites", {}).items()}
+    mixed = len(set(methods.values())) > 1
     rows = []
     for s in sites:
         m = last["sites"][s]
         m0 = first["sites"].get(s, {})
-        row = [s, m0.get("global_mAP", float("nan")), m["global_mAP"], m["global_rank1"]]
+        row = [f"{s} ({methods.get(s, '?')})" if mixed else s, m0.get("global_mAP", float("nan")),
+               m["global_mAP"], m["global_rank1"]]
         if reranked:
             row += [m.get("global_rerank_mAP", float("nan")), m.get("global_rerank_rank1", float("nan"))]
         rows.append(row + [m["personal_mAP"], m["personal_rank1"]])
@@ -98,7 +102,6 @@ def write_summary(run_dir: Path, title: str) -> str:
     if reranked:
         headers += ["mAP re-ranked", "Rank-1 re-ranked"]
     headers += ["personal mAP", "personal Rank-1"]
-    trains = curves["trains"]
     last_train = trains[max(trains)] if trains else {}
     failures = sum(len(t.get("failures", [])) for t in trains.values())
     lines = [
@@ -110,6 +113,8 @@ def write_summary(run_dir: Path, title: str) -> str:
         f"- dense-equivalent bytes: {sum(int(t.get('dense_bytes', 0)) for t in trains.values()):,}",
         f"- mean site sparsity after the last round: {last_train.get('mean_prune_ratio', 0.0):.3f}",
     ]
+    refused = {r["site"]: r["refused"] for r in load_records(run_dir) if r.get("kind") == "admission"}
+    lines += [f"- refused at admission: {site}: {why}" for site, why in refused.items()]
     text = "\n".join(lines) + "\n"
     (Path(run_dir) / "summary.md").write_text(text)
     return text

@@ -27,7 +27,7 @@ from fedreid.eval.protocols import EvalContext, RerankOptions, run_protocols
 from fedreid.methods import MethodSetup, ReidMethod, get_method
 from fedreid.models import autocast_context, make_grad_scaler, resolve_device, to_channels_last
 from fedreid.optim import build_optimizer
-from fedreid.prune import mask_gradients, reapply_masks
+from fedreid.prune import MaskedParameters
 from fedreid.regularisers import RegulariserOptions, regulariser
 
 ProgressFn = Callable[[int, int], None]
@@ -118,6 +118,7 @@ class LocalTrainer:
         base_lrs = [g["lr"] for g in opt.param_groups]
         if reference is not None:
             reference.eval()
+        masked = MaskedParameters(self.model, masks) if masks else None
         totals: dict[str, float] = {}  # summed per batch, averaged at the end
         prep: dict[str, float] = {}  # method's pre-epoch figures, last epoch's value
         count = images_seen = 0
@@ -131,7 +132,7 @@ class LocalTrainer:
             batches = self._epoch_batches(rng)
             self.model.train()
             for i, idx in enumerate(batches):
-                parts = self._step(idx, gen, opt, reference, reg_weight, masks)
+                parts = self._step(idx, gen, opt, reference, reg_weight, masked)
                 for k, v in parts.items():
                     totals[k] = totals.get(k, 0.0) + v
                 count += 1
@@ -154,7 +155,9 @@ class LocalTrainer:
             batches = batches[: cfg.train.max_batches]
         return batches
 
-    def _step(self, idx, gen, opt, reference, reg_weight, masks) -> dict[str, float]:
+    def _step(self, idx: np.ndarray, gen: torch.Generator, opt: torch.optim.Optimizer,
+              reference: nn.Module | None, reg_weight: float,
+              masked: MaskedParameters | None) -> dict[str, float]:
         method = self.method
         batch = make_batch(self.images.train, idx, method.batch_spec, gen, self.device,
                            erasing_p=self.cfg.train.random_erasing)
@@ -171,13 +174,10 @@ class LocalTrainer:
                 parts["loss_reg"] = float(reg.detach())
         opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        self.scaler.unscale_(opt)
-        if masks:
-            mask_gradients(self.model, masks)
         self.scaler.step(opt)
         self.scaler.update()
-        if masks:
-            reapply_masks(self.model, masks)
+        if masked is not None:
+            masked.reapply()
         method.after_step(batch, out)
         parts["loss"] = float(loss.detach())
         return parts

@@ -171,7 +171,9 @@ class FedReIDStrategy(FedAvg):
             log(WARNING, "proceeding with %d of %d wanted sites after %.0f s",
                 len(admitted), self.min_sites, self.node_wait_s)
         size = max(1, int(round(len(admitted) * fraction)))
-        # Sample positions, not ids: node ids are up to 2**64 and numpy would turn them into floats.
+        # Sample positions in site order, not node ids: node ids are random per run (and up to
+        # 2**64, which numpy would turn into floats); the same seed must pick the same sites.
+        admitted.sort(key=lambda n: (self.state.node_site[n], n))
         picked = self.rng.choice(len(admitted), size=size, replace=False)
         return sorted(int(admitted[i]) for i in picked)
 

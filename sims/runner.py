@@ -44,6 +44,18 @@ def backend_config(cfg: FedReIDConfig, num_sites: int) -> dict[str, Any]:
     return {"client_resources": resources, "init_args": init_args}
 
 
+def describe_methods(cfg: FedReIDConfig) -> str:
+    """``resnet18, capr`` or, for a mixed federation, each method with its backbone and sites."""
+    from fedreid.methods import get_method
+
+    by_method: dict[str, list[str]] = {}
+    for site in cfg.data.sites:
+        by_method.setdefault(cfg.method_of(site), []).append(site)
+    parts = [f"{get_method(m).arch(cfg.model)}, {m}" + (f": {', '.join(s)}" if len(by_method) > 1 else "")
+             for m, s in by_method.items()]
+    return "; ".join(parts)
+
+
 def simulate(cfg: FedReIDConfig, run_dir: Path, *, resume: bool = False,
              console: Console | None = None) -> Path:
     """Run one strategy's federation into ``run_dir``; returns the folder."""
@@ -113,7 +125,7 @@ def run_sim_command(overrides: list[str], *, strategies: list[str], data: Path |
         run_dir = base / strategy
         is_resume = resume is not None and (run_dir / "checkpoints" / "latest.pt").exists()
         console.rule(f"{strategy}: {len(cfg.data.sites)} sites × {cfg.fl.rounds} rounds "
-                     f"({cfg.model.arch}, {cfg.method.name})" + (" — resuming" if is_resume else ""))
+                     f"({describe_methods(cfg)})" + (" — resuming" if is_resume else ""))
         simulate(cfg, run_dir, resume=is_resume, console=console)
         console.print(write_summary(run_dir, f"{strategy} — {len(cfg.data.sites)} sites, {cfg.fl.rounds} rounds"))
         runs[strategy] = run_dir

@@ -170,3 +170,24 @@ def test_differential_privacy_clips_sites_and_noises_the_aggregate(tiny_data, tm
         assert 0 < r["dp_noise_std_max"] <= 0.5 * 0.5 + 1e-6
     assert trains[1]["dp_epsilon"] > trains[0]["dp_epsilon"] > 0
     assert all(np.isfinite(v).all() for v in strategy.state.global_state.values())
+
+
+def _comparable(records: list[dict]) -> list[dict]:
+    """metrics.jsonl without the wall-clock figures, which differ between any two runs."""
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if "seconds" not in k}
+        return value
+    return [strip(r) for r in records]
+
+
+def test_the_same_config_and_seed_give_identical_metrics(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, rounds=2, extra=["fl.fraction_train=0.67"])
+    runs = []
+    for name, first_id in (("a", 100), ("b", 9_000_000_000)):
+        # node ids are random in a real run: another set, in another order, must not matter
+        app = make_client_app(cfg, state_dir=tmp_path / f"{name}-state")
+        grid = InProcessGrid(app, {first_id - i: {"partition-id": i} for i in range(len(SITES))})
+        run_server(grid, cfg, tmp_path / name, node_wait_s=1)
+        runs.append(_comparable(load_records(tmp_path / name)))
+    assert runs[0] == runs[1]

@@ -145,3 +145,14 @@ def test_evaluation_reports_kwf_beside_plain(tiny_site):
     assert {"mAP", "rank1", "rerank_mAP", "rerank_rank1", "rerank_seconds"} <= set(res)
     with pytest.raises(ConfigError, match="k_reciprocal"):
         load_config(["eval.rerank=magic"])
+
+
+def test_setup_protocols_run_through_the_registry(tiny_site):
+    """The occlusion test embeds altered queries with the method; every protocol's keys are
+    prefixed so they sit beside the single-query ones."""
+    trainer = LocalTrainer(cfg_for("bot", "eval.protocols=[single_query,occlusion]"), tiny_site)
+    res = trainer.evaluate()
+    assert {"mAP", "occ_mAP", "occ_mAP_drop"} <= set(res)
+    assert res["occ_mAP"] == pytest.approx(res["mAP"] - res["occ_mAP_drop"])
+    with pytest.raises(ConfigError, match="occlusion"):
+        load_config(["eval.protocols=[nope]"])

@@ -5,12 +5,11 @@ import torch
 from torch import nn
 
 from fedreid.prune import (
+    MaskedParameters,
     apply_masks,
     init_masks,
     magnitude_prune,
-    mask_gradients,
     prunable_names,
-    reapply_masks,
     sparsity,
 )
 
@@ -117,18 +116,21 @@ def test_apply_masks_zeroes_in_place():
     assert state["w"].tolist() == [0.0, 2.0, 0.0]
 
 
-def _train(model, opt, masks, steps, remask=True):
+def _train(model, opt, masks, steps, remask=True, mask_grads=False):
     torch.manual_seed(1)
+    masked = MaskedParameters(model, masks) if masks is not None else None
+    params = dict(model.named_parameters())
     for _ in range(steps):
         x = torch.randn(4, 3, 6, 6)
         loss = model(x).pow(2).mean()
         opt.zero_grad()
         loss.backward()
-        if masks is not None:
-            mask_gradients(model, masks)
+        if mask_grads:
+            for n, m in masks.items():
+                params[n].grad.mul_(m)
         opt.step()
-        if masks is not None and remask:
-            reapply_masks(model, masks)
+        if masked is not None and remask:
+            masked.reapply()
 
 
 OPTIMIZERS = {
@@ -165,3 +167,26 @@ def test_without_reapplying_adam_moves_pruned_weights():
     _train(model, opt, masks, 2, remask=False)
     w = dict(model.named_parameters())["conv.weight"].detach()
     assert bool((w[~masks["conv.weight"]] != 0).any())
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_masking_gradients_too_would_change_no_kept_weight(name):
+    """Why training re-zeroes weights but leaves gradients alone: the optimisers are elementwise."""
+    trained = []
+    for mask_grads in (False, True):
+        torch.manual_seed(0)
+        model = Tiny()
+        opt = OPTIMIZERS[name](model.parameters())
+        _train(model, opt, None, 2)
+        masks = magnitude_prune(model, init_masks(model), step=0.5, target=0.5, scope="global")
+        apply_masks(model, masks)
+        _train(model, opt, masks, 3, mask_grads=mask_grads)
+        trained.append({n: p.detach().clone() for n, p in model.named_parameters()})
+    for name_, value in trained[0].items():
+        torch.testing.assert_close(value, trained[1][name_], rtol=0, atol=0)
+
+
+def test_masked_parameters_reject_foreign_masks():
+    model = Tiny()
+    with pytest.raises(ValueError, match="not parameters"):
+        MaskedParameters(model, {"nope.weight": torch.ones(2, dtype=torch.bool)})

@@ -47,6 +47,24 @@ class ImageStore:
         self.camids = np.array([s.camid for s in self.samples], dtype=np.int64)
         self._fields: dict[str, np.ndarray] = {}
 
+    @classmethod
+    def from_tensor(cls, images: torch.Tensor, pids: np.ndarray, camids: np.ndarray,
+                    samples: Sequence[Sample] | None = None) -> ImageStore:
+        """A store over images already in memory (``uint8[N, 3, H, W]``): benchmarks, or an
+        altered copy of a split (``samples`` keeps the original records and metadata)."""
+        if images.dtype != torch.uint8 or images.dim() != 4 or not len(images) == len(pids) > 0:
+            raise ValueError(f"images must be uint8 [N, 3, H, W] with one pid each, got "
+                             f"{images.dtype} {tuple(images.shape)} and {len(pids)} pids")
+        store = cls.__new__(cls)
+        store.samples = list(samples) if samples is not None else [
+            Sample(f"memory:{i}", int(p), int(c)) for i, (p, c) in enumerate(zip(pids, camids, strict=True))]
+        store.size = tuple(images.shape[2:])
+        store.images = images.contiguous()
+        store.pids = np.asarray(pids, dtype=np.int64)
+        store.camids = np.asarray(camids, dtype=np.int64)
+        store._fields = {}
+        return store
+
     def __len__(self) -> int:
         return len(self.samples)
 

@@ -4,7 +4,11 @@ A protocol receives an :class:`EvalContext` (the query and gallery splits, their
 and a way to embed other images) and returns a flat dict of float metrics. A method lists
 the protocols it is evaluated with (``ReidMethod.evaluators``; ``eval.protocols`` overrides);
 ``single_query`` is the Market-1501 protocol every method gets by default, with optional
-re-ranking reported beside the plain figures (``rerank_*`` keys).
+re-ranking reported beside the plain figures (``rerank_*`` keys). The set-up protocols report
+prefixed keys: ``aerial_ground`` (``a2g_*``, ``g2a_*``, per altitude/distance bin),
+``cross_modality`` (``ir2v_*``, ``v2ir_*`` at tracklet level), ``clothes_change``
+(``general_*``, ``cc_*``, ``sc_*``) and ``occlusion`` (``occ_*``: queries with a region
+erased, and the drop against clean queries).
 """
 
 from __future__ import annotations
@@ -17,8 +21,12 @@ import numpy as np
 import torch
 
 from fedreid.data.store import ImageStore
+from fedreid.eval.clothes_change import evaluate_clothes_change
+from fedreid.eval.cross_modality import evaluate_cross_modality
+from fedreid.eval.cross_platform import evaluate_aerial_ground
 from fedreid.eval.features import pairwise_distance, tracklet_features
 from fedreid.eval.metrics import evaluate
+from fedreid.eval.occlusion import Occlusion, evaluate_occluded, occlude
 from fedreid.eval.rerank import KWF_WEIGHTINGS, k_reciprocal, kwf
 
 RERANKERS = ("none", "k_reciprocal", "kwf")
@@ -98,8 +106,40 @@ def single_query(ctx: EvalContext) -> dict[str, float]:
     return out
 
 
+def aerial_ground(ctx: EvalContext) -> dict[str, float]:
+    return evaluate_aerial_ground(ctx.query_features, ctx.gallery_features, ctx.query.samples,
+                                  ctx.gallery.samples)
+
+
+def cross_modality(ctx: EvalContext) -> dict[str, float]:
+    return evaluate_cross_modality(ctx.query_features, ctx.gallery_features, ctx.query.samples,
+                                   ctx.gallery.samples)
+
+
+def clothes_change(ctx: EvalContext) -> dict[str, float]:
+    return evaluate_clothes_change(ctx.query_features, ctx.gallery_features, ctx.query.samples,
+                                   ctx.gallery.samples)
+
+
+OCCLUSION = Occlusion(mode="random", fraction=0.25, fill=124, seed=0)  # fill: the mean grey
+
+
+def occlusion(ctx: EvalContext) -> dict[str, float]:
+    """Each query with a quarter of the image erased at a seeded place, against the clean
+    gallery; reports the drop against the clean queries too."""
+    q = ctx.query
+    erased = occlude(q.images, range(len(q)), OCCLUSION)
+    store = ImageStore.from_tensor(erased, q.pids, q.camids, samples=q.samples)
+    return evaluate_occluded(ctx.embed(store), ctx.gallery_features, q.samples, ctx.gallery.samples,
+                             qf_clean=ctx.query_features)
+
+
 PROTOCOLS: dict[str, Callable[[EvalContext], dict[str, float]]] = {
     "single_query": single_query,
+    "aerial_ground": aerial_ground,
+    "cross_modality": cross_modality,
+    "clothes_change": clothes_change,
+    "occlusion": occlusion,
 }
 
 

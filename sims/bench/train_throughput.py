@@ -1,10 +1,15 @@
-"""Training throughput of the re-ID backbones (images/s), to size local epochs per site.
+"""Training throughput of the re-ID backbones (images/s), and a site's step against a bare one.
 
 One step = forward (train mode) + ID loss on the BN feature through a site classifier +
 backward + Adam step, batch 32 (8 identities × 4). Reports the median of timed steps after
 warm-up, all configurations in one run so the ratios between them are comparable.
 
-    .venv/bin/python -m sims.bench.train_throughput [--steps 3] [--device auto]
+``--site-vs-bare`` times a site's real training step (``LocalTrainer``: the data layer's
+augmented batch, `bot`'s losses, the KL regulariser against a frozen reference, pruning
+masks at 50 % re-applied, the centre-loss step) against a bare torch step of the same model,
+losses and regulariser on an already-augmented batch, interleaved so both see the same load.
+
+    .venv/bin/python -m sims.bench.train_throughput [--steps 3] [--device auto] [--site-vs-bare]
 """
 
 from __future__ import annotations
@@ -15,9 +20,16 @@ import statistics
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from fedreid.config import load_config
+from fedreid.data.batch import make_batch
+from fedreid.data.split_images import SplitImages
+from fedreid.data.store import ImageStore
+from fedreid.losses import kl_feature_loss
 from fedreid.models import (
     IdentityHead,
     autocast_context,
@@ -96,6 +108,64 @@ def eval_images_per_s(
     return batch / _median_seconds(step, device, warmup, steps)
 
 
+def site_vs_bare(size: tuple[int, int], device: torch.device, warmup: int, steps: int,
+                 amp: bool) -> tuple[float, float]:
+    """Median seconds of a site step and of a bare step with the same losses, interleaved."""
+    from fedreid.prune import init_masks, magnitude_prune
+    from fedreid.training import LocalTrainer
+
+    n = 256
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, *size), dtype=torch.uint8, generator=gen)
+    store = ImageStore.from_tensor(images, np.repeat(np.arange(n // 8), 8), np.tile(np.arange(2), n // 2))
+    cfg = load_config(["method.name=bot", "model.arch=resnet18", f"data.height={size[0]}",
+                       f"data.width={size[1]}", f"device={device.type}", f"train.amp={amp}"])
+    site = LocalTrainer(cfg, SplitImages("bench", None, store, store, store))
+    masks = magnitude_prune(site.model, init_masks(site.model), step=0.5, target=0.5)
+    reference = site.snapshot()
+    idx = site.method.batches(np.random.default_rng(0))[0]
+    from fedreid.prune import MaskedParameters
+
+    site_opt, masked = site.optimizer(), MaskedParameters(site.model, masks)
+
+    bare = LocalTrainer(cfg, SplitImages("bench", None, store, store, store))
+    method, model = bare.method, bare.model
+    bare_opt = bare.optimizer()
+    scaler = make_grad_scaler(device, amp and device.type == "cuda")
+    batch = make_batch(store, idx, method.batch_spec, gen, device)
+    targets = torch.as_tensor(method.labels[idx], device=device)
+
+    def bare_step() -> None:
+        with autocast_context(device, amp):
+            global_feat, bn_feat = model(batch.images)
+            method.center_opt.zero_grad(set_to_none=True)
+            loss = (method.id_loss(method.heads["classifier"](bn_feat.float()), targets)
+                    + method.triplet(global_feat.float(), targets)
+                    + method.center_weight * method.heads["center"](global_feat.float(), targets))
+            with torch.no_grad():
+                ref = reference(batch.images).float()
+            loss = loss + kl_feature_loss(F.normalize(bn_feat.float(), dim=1), ref)
+        bare_opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(bare_opt)
+        scaler.update()
+        method.center_opt.step()
+
+    def site_step() -> None:
+        site._step(idx, gen, site_opt, reference, 1.0, masked)
+
+    model.train()
+    site.model.train()
+    for _ in range(warmup):
+        bare_step()
+        site_step()
+    bare_t, site_t = [], []
+    for _ in range(steps):
+        bare_t.append(_median_seconds(bare_step, device, 0, 1))
+        site_t.append(_median_seconds(site_step, device, 0, 1))
+    return statistics.median(site_t), statistics.median(bare_t)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", nargs="+", default=list(ARCHS))
@@ -104,6 +174,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-amp", action="store_true", help="fp32 on CUDA (CPU is always fp32)")
+    parser.add_argument("--site-vs-bare", action="store_true", help="only the site-step row")
     args = parser.parse_args()
     device, amp = resolve_device(args.device), not args.no_amp
     torch.manual_seed(0)
@@ -116,7 +187,13 @@ def main() -> None:
         f"caveat: shared machine, other jobs may run at the same time (1-min load "
         f"{os.getloadavg()[0]:.1f} at start); compare ratios only\n"
     )
-    print(f"{'arch':<13} {'input':>8} {'train img/s':>12} {'s/step':>8} {'vs resnet18':>12}")
+    print("site step vs bare step (bot + KL + 50 % masks, resnet18, batch 32):")
+    for h, w in ((64, 32), SIZES[0]):
+        site_s, bare_s = site_vs_bare((h, w), device, args.warmup, max(args.steps, 5), amp)
+        print(f"  {h}x{w}: site {site_s:.3f} s, bare {bare_s:.3f} s, ratio {site_s / bare_s:.2f}", flush=True)
+    if args.site_vs_bare:
+        return
+    print(f"\n{'arch':<13} {'input':>8} {'train img/s':>12} {'s/step':>8} {'vs resnet18':>12}")
     for h, w in SIZES:
         base = None
         for arch in args.archs:
