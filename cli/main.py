@@ -12,6 +12,7 @@ import typer
 
 from cli.common import checked_dataset, console
 from cli.common import fail as _fail
+from cli.audit import audit
 from cli.deploy import certs, keys_app, server_app, site_app
 from fedreid.config import ConfigError, config_to_yaml, load_config
 from fedreid.data.records import DataError
@@ -26,6 +27,7 @@ data_app = typer.Typer(help="Benchmark data: generate synthetic-8, validate real
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(server_app, name="server")
+site_app.command("audit")(audit)
 app.add_typer(site_app, name="site")
 app.add_typer(keys_app, name="keys")
 app.command("certs")(certs)
@@ -52,10 +54,29 @@ def _parse_size(size: str) -> tuple[int, int]:
 
 
 @app.command("config")
-def show_config(overrides: Overrides = None, config: ConfigFile = None) -> None:
-    """Print the resolved configuration (every key, with overrides applied) as YAML."""
+def show_config(
+    overrides: Overrides = None,
+    config: ConfigFile = None,
+    as_yaml: Annotated[bool, typer.Option("--yaml", help="Print the resolved config as YAML instead.")] = False,
+) -> None:
+    """Every config key with its type, value (overrides applied) and help; --yaml for a file."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from fedreid.config.keys import describe_keys
+    from fedreid.config.loader import choices
+
     cfg = _load(overrides, config)
-    console.print(config_to_yaml(cfg), highlight=False, markup=False)
+    if as_yaml:
+        console.print(config_to_yaml(cfg), highlight=False, markup=False)
+        return
+    allowed = choices()
+    table = Table("key", "type", "value", "help", box=None, pad_edge=False)
+    for key, type_name, value, help_text in describe_keys(cfg):
+        if key in allowed:
+            help_text = f"{help_text} [one of: {', '.join(allowed[key])}]".strip()
+        table.add_row(key, type_name, escape(repr(value)), escape(help_text))
+    console.print(table)
 
 
 @data_app.command("synth")

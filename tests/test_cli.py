@@ -20,9 +20,15 @@ def test_help_everywhere(args):
     assert "Usage" in result.output
 
 
-def test_config_prints_yaml_and_rejects_bad_keys():
-    ok = runner.invoke(app, ["config", "prune.target=0.3"])
-    assert ok.exit_code == 0 and "target: 0.3" in ok.output
+def test_config_prints_keys_types_help_or_yaml_and_rejects_bad_keys():
+    ok = runner.invoke(app, ["config", "prune.target=0.3"], env={"COLUMNS": "300"})
+    assert ok.exit_code == 0
+    line = next(x for x in ok.output.splitlines() if x.startswith("prune.target"))
+    assert "float" in line and "0.3" in line and "overall sparsity" in line
+    choices = next(x for x in ok.output.splitlines() if x.startswith("method.name "))
+    assert "one of: bot, capr, scm, vitc" in choices
+    yaml = runner.invoke(app, ["config", "--yaml", "prune.target=0.3"])
+    assert yaml.exit_code == 0 and "target: 0.3" in yaml.output
     bad = runner.invoke(app, ["config", "prune.targt=0.3"])
     assert bad.exit_code == 2 and "prune.targt" in bad.output
 
