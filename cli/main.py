@@ -10,9 +10,9 @@ from typing import Annotated
 
 import typer
 
+from cli.audit import audit
 from cli.common import checked_dataset, console
 from cli.common import fail as _fail
-from cli.audit import audit
 from cli.deploy import certs, keys_app, server_app, site_app
 from fedreid.config import ConfigError, config_to_yaml, load_config
 from fedreid.data.records import DataError
