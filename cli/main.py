@@ -14,6 +14,7 @@ from cli.audit import audit
 from cli.common import checked_dataset, console
 from cli.common import fail as _fail
 from cli.deploy import certs, keys_app, server_app, site_app
+from cli.index import index_app
 from fedreid.config import ConfigError, config_to_yaml, load_config
 from fedreid.data.records import DataError
 
@@ -28,6 +29,7 @@ data_app = typer.Typer(help="Benchmark data: generate synthetic-8, validate real
 app.add_typer(data_app, name="data")
 app.add_typer(server_app, name="server")
 site_app.command("audit")(audit)
+site_app.add_typer(index_app, name="index")
 app.add_typer(site_app, name="site")
 app.add_typer(keys_app, name="keys")
 app.command("certs")(certs)
