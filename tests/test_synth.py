@@ -1,4 +1,5 @@
-"""synthetic-8: determinism, counts against the spec table, meta.json, file names, arguments."""
+"""synthetic-8: determinism, byte-identity with the recorded render, counts against the spec
+table, meta.json, file names, arguments."""
 
 from __future__ import annotations
 
@@ -33,6 +34,33 @@ NAME_RULES = {
 }
 
 
+# Digests of the TINY render (workers=1) made by the generator before site kinds and
+# attribute ground truth were added (fedreid/data/synth at commit 9152ef1; recompute with
+# `git archive 9152ef1 fedreid | tar -x -C DIR` and this file's digest on DIR's render):
+# the default eight must keep rendering these bytes.
+RECORDED_IMAGES = "23f1e534d33333de66525b4955dda62418ce455dc8157ccf151149216a57d56f"
+RECORDED_MANIFEST = "9dc4b75a38c4b16a30c7f3c6f115102c71682d6c462fd310d2324d7ec6582c7d"
+RECORDED_META = "531ecfd4487f7494b5b1e3e943314e4d0fbd39e546a5f0462bba0f1027b27861"
+
+
+def _digest(root: Path, files: list[tuple[Path, bytes]]) -> str:
+    h = hashlib.sha256()
+    for path, data in files:
+        h.update(str(path.relative_to(root)).encode() + b"\0")
+        h.update(hashlib.sha256(data).digest())
+    return h.hexdigest()
+
+
+def _meta_as_recorded(path: Path) -> bytes:
+    """meta.json without what was added since the recording (the attribute vocabulary and
+    ground truth, each identity's attribute lists): every recorded key and value is kept."""
+    meta = json.loads(path.read_text())
+    del meta["attribute_names"], meta["attribute_truth"]
+    for ident in meta["identities"].values():
+        del ident["attributes"]
+    return json.dumps(meta, separators=(",", ":")).encode()
+
+
 def _hashes(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -61,6 +89,18 @@ def test_deterministic_across_runs_and_workers(tiny, tmp_path):
     again = tmp_path / "again"
     generate_synthetic8(again, workers=2, **TINY)
     assert _hashes(root) == _hashes(again)
+
+
+def test_default_sites_match_the_recorded_render(tiny):
+    root, _ = tiny
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    images = [(p, p.read_bytes()) for p in files if p.suffix == ".jpg"]
+    manifest = [(p, p.read_bytes()) for p in files if p.name == "synthetic-8.json"]
+    metas = [(p, _meta_as_recorded(p)) for p in files if p.name == "meta.json"]
+    assert len(images) == 498 and len(metas) == 8
+    assert _digest(root, images) == RECORDED_IMAGES
+    assert _digest(root, manifest) == RECORDED_MANIFEST
+    assert _digest(root, metas) == RECORDED_META
 
 
 def test_seed_changes_pixels(tmp_path):
@@ -256,6 +296,9 @@ def test_min_test_ids_holds_at_tiny_scale():
         ({"sites": "duke"}, "sites"),
         ({"min_test_ids": 1}, "min_test_ids"),
         ({"seed": -1}, "seed"),
+        ({"sites": []}, "sites"),
+        ({"kinds": ["drone"]}, "kinds"),
+        ({"kinds": "aerial"}, "kinds"),
     ],
 )
 def test_bad_arguments_raise(tmp_path, kwargs, name):

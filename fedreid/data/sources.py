@@ -14,7 +14,8 @@ def ensure_data_root(root: str | Path, *, sites: list[str], synth_scale: float, 
     """Return ``root``; generate synthetic-8 there if it is absent and ``generate`` allows.
 
     A folder that exists is used as it is (real data in the FedReID layout, or an earlier
-    generation). Each site must be a sub-folder ``root/<site>``. synthetic-8 is always
+    generation). Each site must be a sub-folder ``root/<site>``; generated site kinds named
+    in ``sites`` (``aerial``, ``ir-video``, ``clothes``) are rendered beside the eight. synthetic-8 is always
     rendered at its native 128×64; a run's input size only resizes on loading, so one
     generated folder serves every experiment.
     """
@@ -26,13 +27,15 @@ def ensure_data_root(root: str | Path, *, sites: list[str], synth_scale: float, 
                 "(FedReID layout) or let fedreid generate synthetic-8 there"
             )
         from fedreid.data.synth import generate_synthetic8
+        from fedreid.data.synth.kinds import KINDS
 
-        generate_synthetic8(path, scale=synth_scale, seed=synth_seed)
+        generate_synthetic8(path, scale=synth_scale, seed=synth_seed, kinds=[s for s in sites if s in KINDS])
     missing = [s for s in sites if not (path / s).is_dir()]
     if missing:
         have = sorted(p.name for p in path.iterdir() if p.is_dir())
         raise DataError(
             f"data root {path} has no folder for site(s) {', '.join(missing)} (found: "
-            f"{', '.join(have) or 'nothing'}); set data.sites to the folders you have"
+            f"{', '.join(have) or 'nothing'}); set data.sites to the folders you have (generated "
+            f"site kinds: `fedreid data synth --kinds KIND --sites '' --out {path}`)"
         )
     return path

@@ -1,9 +1,11 @@
-"""How long synthetic-8 takes to generate: wall and CPU seconds, 1 vs N workers, side by side.
+"""How long synthetic-8 takes to generate: wall and CPU seconds, 1 vs N workers, side by side;
+then the cost per picture of the default sites, each optional kind and prompt-driven sets.
 
 CPU time (this process plus its finished worker processes) is reported beside wall time
 because the machine's cores are shared: wall time depends on what others run, CPU time
-much less. Each configuration is run ``--repeats`` times; the table shows medians.
+much less. Each configuration is run ``--repeats`` times, interleaved; tables show medians.
 Run: .venv/bin/python -m sims.bench.synth_speed [--scale 1.0] [--workers 2] [--repeats 1]
+     [--kinds aerial,ir-video,clothes] [--prompts 200]
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import resource
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 
-from fedreid.data.synth import generate_synthetic8
+from fedreid.data.synth import KIND_KEYS, generate_from_prompts, generate_synthetic8, random_prompts
 
 
 def _cpu() -> float:
@@ -26,12 +29,34 @@ def _cpu() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def time_once(scale: float, workers: int, size: tuple[int, int]) -> tuple[float, float, int]:
-    """(wall s, CPU s, images) of one generation into a fresh temporary folder."""
+def _timed(run: Callable[[str], int]) -> tuple[float, float, int]:
+    """(wall s, CPU s, images) of ``run(folder)`` into a fresh temporary folder."""
     with tempfile.TemporaryDirectory() as tmp:
         wall, cpu = time.perf_counter(), _cpu()
-        manifest = generate_synthetic8(tmp, scale=scale, size=size, workers=workers)
-        return time.perf_counter() - wall, _cpu() - cpu, manifest["total_images"]
+        n = run(tmp)
+        return time.perf_counter() - wall, _cpu() - cpu, n
+
+
+def time_once(
+    scale: float, workers: int, size: tuple[int, int], sites: list[str] | None = None,
+    kinds: tuple[str, ...] = (),
+) -> tuple[float, float, int]:
+    """(wall s, CPU s, images) of one generation into a fresh temporary folder."""
+    return _timed(
+        lambda out: generate_synthetic8(
+            out, scale=scale, size=size, workers=workers, sites=sites, kinds=kinds
+        )["total_images"]
+    )
+
+
+def time_prompts(n: int, workers: int, size: tuple[int, int]) -> tuple[float, float, int]:
+    prompts = random_prompts(n, 0)
+
+    def run(out: str) -> int:
+        counts = generate_from_prompts(prompts, os.path.join(out, "gen"), size=size, workers=workers)["counts"]
+        return sum(c["images"] for c in counts.values())
+
+    return _timed(run)
 
 
 def main() -> None:
@@ -41,6 +66,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--height", type=int, default=128)
     ap.add_argument("--width", type=int, default=64)
+    ap.add_argument("--kinds", default=",".join(KIND_KEYS), help="kinds timed per picture ('' for none)")
+    ap.add_argument("--prompts", type=int, default=200, help="identities of the prompt set (0: skip)")
     args = ap.parse_args()
     size = (args.height, args.width)
     configs = sorted({1, args.workers})
@@ -59,6 +86,24 @@ def main() -> None:
         cpu = statistics.median(r[1] for r in runs[w])
         n = runs[w][0][2]
         print(f"| {w} | {n} | {wall:.1f} | {cpu:.1f} | {1000 * cpu / n:.2f} | {base / wall:.2f} |")
+
+    kinds = [k for k in args.kinds.split(",") if k]
+    if not kinds and not args.prompts:
+        return
+    per: dict[str, list[tuple[float, float, int]]] = {"default eight": runs[1]}
+    for _ in range(args.repeats):
+        for k in kinds:
+            per.setdefault(k, []).append(time_once(args.scale, 1, size, sites=[], kinds=(k,)))
+        if args.prompts:
+            per.setdefault(f"prompts ({args.prompts} ids)", []).append(time_prompts(args.prompts, 1, size))
+    print(f"\nper picture, 1 worker, median of {args.repeats} (default eight: the run above)")
+    print("| set | images | CPU s | ms CPU/image | vs default eight |")
+    print("|---|---|---|---|---|")
+    ref = statistics.median(r[1] / r[2] for r in per["default eight"])
+    for name, rs in per.items():
+        cost = statistics.median(r[1] / r[2] for r in rs)
+        cpu = statistics.median(r[1] for r in rs)
+        print(f"| {name} | {rs[0][2]} | {cpu:.1f} | {1000 * cost:.2f} | {cost / ref:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -16,9 +16,17 @@ camera id + 1) and per-image metadata. ``relpath`` is the POSIX path below ``pyt
 (``train_all/0001/cam_0_0001_000.jpg``, as the synthetic generator writes it); a leading
 ``pytorch/`` is accepted. ``Sample.meta`` is the image's entry (shared, not copied: treat it as
 read-only), plus, where meta.json has them as the generator writes them, ``"identity"`` =
-``identities[str(pid)]`` (attributes, role) and ``"camera"`` = ``cameras[camid]`` (geometry,
-conditions). pid -1 (Market junk) is dropped and counted; ``ReidSplits.name`` is the site
-folder's name.
+``identities[str(pid)]`` (attributes, role), ``"camera"`` = ``cameras[camid]`` (geometry,
+conditions) and ``"attributes"`` = ``{name: 0 | 1}`` over ``attribute_names``, 1 for the
+names listed in ``identities[str(pid)]["attributes"][outfit]``. pid -1 (Market junk) is
+dropped and counted; ``ReidSplits.name`` is the site folder's name.
+
+Per-image fields with one meaning everywhere, checked when present (a wrong one is a
+``DataError`` naming the file): ``geometry`` ``{"altitude": m, "distance": m, "pitch": deg,
+"platform": "aerial" | "ground" | "wearable"}`` (numbers, or null where unknown; more keys
+such as ``altitude_level`` may follow), ``modality`` ``"visible" | "infrared"``,
+``outfit``, ``clothes_id`` and ``session`` (ints >= 0), and ``tracklet``/``frame`` (ints >= 0),
+which become ``Sample.tracklet``/``frame`` when the file name carries none.
 """
 
 from __future__ import annotations
@@ -46,6 +54,13 @@ _NAME_RULE = (
 _META_RULE = (
     '{"video": bool, "num_cameras": int >= 1, "images": {relpath: {...}}}, every key optional'
 )
+_FIELD_RULE = (
+    'geometry {"altitude": m, "distance": m, "pitch": deg (numbers or null), "platform": '
+    '"aerial"|"ground"|"wearable"}, modality "visible"|"infrared", '
+    "outfit/clothes_id/session/tracklet/frame ints >= 0"
+)
+_PLATFORMS = ("aerial", "ground", "wearable")
+_MODALITIES = ("visible", "infrared")
 JUNK_PID = -1
 
 
@@ -70,6 +85,7 @@ class _SiteMeta:
     images: dict[str, dict[str, Any]] = field(default_factory=dict)
     identities: dict[str, dict[str, Any]] = field(default_factory=dict)
     cameras: list[dict[str, Any]] = field(default_factory=list)
+    attribute_names: tuple[str, ...] = ()
 
 
 def _read_meta(path: str) -> _SiteMeta:
@@ -106,24 +122,50 @@ def _read_meta(path: str) -> _SiteMeta:
     if problem:
         raise DataError(f"{path}: {problem}; rule: {_META_RULE}; fix: rewrite or delete it")
     identities, cameras = meta.get("identities"), meta.get("cameras")
+    names = meta.get("attribute_names")
     return _SiteMeta(
         video=video,
         num_cameras=num_cameras,
         images={key.removeprefix("pytorch/"): value for key, value in images.items()},
         identities=identities if isinstance(identities, dict) else {},
         cameras=cameras if isinstance(cameras, list) else [],
+        attribute_names=tuple(names) if isinstance(names, list) else (),
     )
 
 
-def _sample_meta(image: dict | None, identity: dict | None, camera: dict | None) -> dict | None:
-    """The image's own entry, plus its identity's and camera's when meta.json has them."""
-    if identity is None and camera is None:
+def _field_problem(image: dict[str, Any]) -> str:
+    """What is wrong with the image entry's well-known fields ("" when nothing)."""
+    geometry = image.get("geometry")
+    if geometry is not None:
+        if not isinstance(geometry, dict) or geometry.get("platform") not in _PLATFORMS:
+            return f"geometry {geometry!r} needs a platform in {_PLATFORMS}"
+        for key in ("altitude", "distance", "pitch"):
+            value = geometry.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                return f"geometry[{key!r}] is {value!r}, not a number or null"
+    modality = image.get("modality")
+    if modality is not None and modality not in _MODALITIES:
+        return f"modality is {modality!r}, not one of {_MODALITIES}"
+    for key in ("outfit", "clothes_id", "session", "tracklet", "frame"):
+        value = image.get(key)
+        if value is not None and (type(value) is not int or value < 0):
+            return f"{key} is {value!r}, not an int >= 0"
+    return ""
+
+
+def _sample_meta(
+    image: dict | None, identity: dict | None, camera: dict | None, attributes: dict | None
+) -> dict | None:
+    """The image's own entry, plus its identity's, camera's and attributes when known."""
+    if identity is None and camera is None and attributes is None:
         return image
     merged = dict(image) if image else {}
     if identity is not None:
         merged["identity"] = identity
     if camera is not None:
         merged["camera"] = camera
+    if attributes is not None:
+        merged["attributes"] = attributes
     return merged
 
 
@@ -137,6 +179,21 @@ class _SiteReader:
         self.used: set[str] = set()
         self.highest_camid = -1
         self.any_tracklet = False
+        self._attributes: dict[tuple[int, int], dict[str, int] | None] = {}
+
+    def attributes(self, pid: int, identity: dict | None, image: dict | None) -> dict | None:
+        """``{name: 0 | 1}`` for the pid's outfit in this image, shared by its images."""
+        outfit = image.get("outfit", 0) if image else 0
+        key = (pid, outfit)
+        if key not in self._attributes:
+            names = self.meta.attribute_names
+            lists = identity.get("attributes") if identity else None
+            found = None
+            if names and isinstance(lists, list) and outfit < len(lists):
+                have = set(lists[outfit])
+                found = {name: int(name in have) for name in names}
+            self._attributes[key] = found
+        return self._attributes[key]
 
     def split(self, folder: str) -> list[Sample]:
         pid_dirs = []
@@ -201,8 +258,18 @@ class _SiteReader:
                 image = meta.images.get(key)
                 if image is not None:
                     self.used.add(key)
+                    problem = _field_problem(image)
+                    if problem:
+                        raise DataError(
+                            f"{path}: meta.json images[{key!r}]: {problem}; rule: {_FIELD_RULE}; "
+                            "fix: correct that entry or regenerate meta.json"
+                        )
+                    if tracklet < 0 and "tracklet" in image:
+                        tracklet, frame = image["tracklet"], image.get("frame", 0)
+                        self.any_tracklet = True
             camera = meta.cameras[camid] if camid < len(meta.cameras) else None
-            extra = _sample_meta(image, identity, camera)
+            attributes = self.attributes(pid, identity, image)
+            extra = _sample_meta(image, identity, camera, attributes)
             if extra is None:
                 samples.append(Sample(path, pid, camid, tracklet, frame))
             else:

@@ -3,9 +3,9 @@
 A ``CameraSpec`` holds the scene (background style), the optics (blur, noise, resolution),
 the light (brightness, colour cast, contrast), how people pass it (viewpoint distribution,
 crop jitter, occlusion) and its geometry. Geometry drives foreshortening, so an aerial
-camera is a spec with a high ``height_m`` and steep ``pitch_deg``; ``modality="infrared"``
-turns the picture into a grey heat image. Per-picture draws live in ``Capture`` so that all
-frames of a tracklet share one.
+camera is a spec with ``kind="aerial"``, a high ``height_m`` and steep ``pitch_deg``;
+``modality="infrared"`` renders a near-infrared picture (``infrared.py``). Per-picture draws
+live in ``Capture`` so that all frames of a tracklet share one.
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ from scipy.ndimage import gaussian_filter
 RGB = tuple[float, float, float]
 
 VIEWS = ("front", "back", "side")
-MODALITIES = ("rgb", "infrared")
+MODALITIES = ("rgb", "infrared")  # camera types; images say "visible" | "infrared"
+PLATFORMS = ("ground", "aerial")
 
-# style -> (wall/sky RGB, floor RGB, texture kind, texture RGB, horizon height as a fraction)
+# style -> (wall/sky RGB, floor RGB, texture kind, texture RGB, horizon height as a fraction);
+# a negative horizon leaves no sky: the ground seen from above (aerial cameras)
 BACKGROUNDS: dict[str, tuple[RGB, RGB, str, RGB, float]] = {
     "campus": ((0.62, 0.66, 0.70), (0.55, 0.53, 0.50), "tiles", (0.42, 0.41, 0.40), 0.50),
     "lawn": ((0.55, 0.62, 0.68), (0.28, 0.45, 0.22), "noise", (0.18, 0.33, 0.14), 0.55),
@@ -36,6 +38,9 @@ BACKGROUNDS: dict[str, tuple[RGB, RGB, str, RGB, float]] = {
     "garden": ((0.35, 0.50, 0.30), (0.55, 0.50, 0.40), "noise", (0.15, 0.35, 0.12), 0.60),
     "snow": ((0.75, 0.78, 0.82), (0.85, 0.86, 0.88), "plain", (0.80, 0.80, 0.85), 0.45),
     "plaza": ((0.80, 0.78, 0.70), (0.50, 0.48, 0.45), "tiles", (0.62, 0.60, 0.55), 0.40),
+    "asphalt": ((0.30, 0.30, 0.31), (0.30, 0.30, 0.31), "markings", (0.85, 0.85, 0.80), -0.2),
+    "paving": ((0.62, 0.58, 0.52), (0.62, 0.58, 0.52), "grid", (0.45, 0.42, 0.38), -0.2),
+    "grass": ((0.30, 0.48, 0.22), (0.30, 0.48, 0.22), "noise", (0.22, 0.38, 0.16), -0.2),
 }
 
 
@@ -72,6 +77,8 @@ class CameraSpec:
             raise ValueError(
                 f"camera {self.name}: modality={self.modality!r} is not one of {MODALITIES}"
             )
+        if self.kind not in PLATFORMS:
+            raise ValueError(f"camera {self.name}: kind={self.kind!r} is not one of {PLATFORMS}")
         if not 0.1 <= self.resolution <= 1.0:
             raise ValueError(
                 f"camera {self.name}: resolution={self.resolution} must lie in [0.1, 1]"
@@ -179,6 +186,10 @@ def _scene(background: str, name: str, h: int, w: int) -> np.ndarray:
         mask = (
             (np.mod(Y * 14, 1.0) < 0.15) | (np.mod(X * 7 + 0.5 * np.floor(Y * 14), 1.0) < 0.1)
         ) & ~is_floor
+    elif tex == "grid":  # paving slabs seen from above
+        mask = (np.mod(X * 6.0, 1.0) < 0.06) | (np.mod(Y * 6.0, 1.0) < 0.06)
+    elif tex == "markings":  # parking-bay lines seen from above
+        mask = np.mod(X * 2.2, 1.0) < 0.05
     elif tex == "noise":
         mask = (
             _smooth_noise(np.random.default_rng(zlib.crc32(name.encode())), sh, sw, (7, 9)) > 0.55
@@ -206,14 +217,6 @@ def draw_occluder(img: np.ndarray, u: np.ndarray, v: np.ndarray, cap: Capture) -
     mask = (u >= x0) & (u <= x1) & (v >= y0) & (v <= y1)
     img[mask] = np.asarray(rgb, np.float32) * (0.85 + 0.15 * v[mask, None].clip(0, 1))
     return mask
-
-
-def to_infrared(img: np.ndarray, person: np.ndarray, skin: np.ndarray) -> np.ndarray:
-    """Grey heat picture: warm body (skin hottest, dark clothes warmer), cool scene."""
-    lum = img @ np.asarray([0.299, 0.587, 0.114], np.float32)
-    heat = np.where(person, 0.6 + 0.15 * (1.0 - lum), 0.12 + 0.3 * lum)
-    heat = np.where(skin, 0.92, heat)
-    return np.repeat(heat[..., None], 3, axis=2).astype(np.float32)
 
 
 def apply_optics(img: np.ndarray, cam: CameraSpec, cap: Capture, X: np.ndarray) -> np.ndarray:

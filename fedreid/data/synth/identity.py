@@ -139,7 +139,8 @@ def _pick(rng: np.random.Generator, names: tuple[str, ...], probs=None) -> str:
     return names[int(rng.choice(len(names), p=p))]
 
 
-def _jitter(rng: np.random.Generator, rgb: RGB, sd: float) -> RGB:
+def jitter(rng: np.random.Generator, rgb: RGB, sd: float) -> RGB:
+    """``rgb`` plus Gaussian noise of ``sd`` per channel, clipped to [0, 1]."""
     v = np.clip(np.asarray(rgb) + rng.normal(0.0, sd, 3), 0.0, 1.0)
     return (float(v[0]), float(v[1]), float(v[2]))
 
@@ -155,19 +156,19 @@ def draw_outfit(rng: np.random.Generator, pri: AttributePriors) -> Outfit:
     j = pri.colour_jitter
     return Outfit(
         upper=upper,
-        upper_rgb=_jitter(rng, COLOURS[upper], j),
+        upper_rgb=jitter(rng, COLOURS[upper], j),
         upper2=upper2,
-        upper2_rgb=_jitter(rng, COLOURS[upper2], j),
+        upper2_rgb=jitter(rng, COLOURS[upper2], j),
         pattern=_pick(rng, PATTERNS, pri.pattern_probs),
         sleeves="short" if rng.random() < pri.short_sleeve_prob else "long",
         lower=lower,
-        lower_rgb=_jitter(rng, COLOURS[lower], j),
+        lower_rgb=jitter(rng, COLOURS[lower], j),
         lower_style=_pick(rng, LOWER_STYLES, pri.lower_style_probs),
-        shoes_rgb=_jitter(rng, COLOURS[shoes], j),
+        shoes_rgb=jitter(rng, COLOURS[shoes], j),
         bag=_pick(rng, BAGS, pri.bag_probs),
-        bag_rgb=_jitter(rng, COLOURS[bag_colour], j),
+        bag_rgb=jitter(rng, COLOURS[bag_colour], j),
         hat=_pick(rng, HATS, pri.hat_probs),
-        hat_rgb=_jitter(rng, COLOURS[hat_colour], j),
+        hat_rgb=jitter(rng, COLOURS[hat_colour], j),
     )
 
 
@@ -176,8 +177,8 @@ def _perturb(rng: np.random.Generator, base: Outfit, pri: AttributePriors) -> Ou
     fresh = draw_outfit(rng, pri)
     j = pri.colour_jitter
     fields = {
-        "upper_rgb": _jitter(rng, COLOURS[base.upper], j),
-        "lower_rgb": _jitter(rng, COLOURS[base.lower], j),
+        "upper_rgb": jitter(rng, COLOURS[base.upper], j),
+        "lower_rgb": jitter(rng, COLOURS[base.lower], j),
     }
     groups = (
         ("bag", "bag_rgb"),
@@ -215,9 +216,9 @@ def draw_identity(
     return Identity(
         pid=pid,
         skin=skin,
-        skin_rgb=_jitter(rng, SKIN[skin], 0.02),
+        skin_rgb=jitter(rng, SKIN[skin], 0.02),
         hair=hair,
-        hair_rgb=_jitter(rng, HAIR[hair], 0.03),
+        hair_rgb=jitter(rng, HAIR[hair], 0.03),
         hair_length=_pick(rng, HAIR_LENGTHS, (0.45, 0.3, 0.25)),
         width=float(rng.uniform(0.85, 1.2)),
         height=float(rng.uniform(0.9, 1.06)),

@@ -8,6 +8,7 @@ does not depend on which other sites or workers exist.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +26,8 @@ def site_uid(key: str) -> int:
 @dataclass(frozen=True, slots=True)
 class ImageJob:
     """One picture to render. ``shot`` is the image index within (pid, camera) or, for
-    video, the tracklet; ``frame`` is the frame within the tracklet (0 for images)."""
+    video, the tracklet; ``frame`` is the frame within the tracklet (0 for images);
+    ``session`` is the day the picture was taken (the clothes-change kind has several)."""
 
     split: str
     pid: int
@@ -34,6 +36,7 @@ class ImageJob:
     frame: int
     outfit: int
     filename: str
+    session: int = 0
 
     @property
     def rel(self) -> str:
@@ -69,15 +72,23 @@ class SitePlan:
         return out
 
 
-def _file_name(layout: str, pid: int, cam: int, shot: int, frame: int, market_frame: int) -> str:
+def file_name(
+    layout: str, pid: int, cam: int, shot: int, frame: int, market_frame: int, session: int = 0
+) -> str:
+    """The reader's file-name rule for ``layout``; Market names carry the session as ``s``."""
     if layout == "big":
-        return f"{pid:04d}_c{cam + 1}s1_{market_frame:06d}_00.jpg"
+        return f"{pid:04d}_c{cam + 1}s{session + 1}_{market_frame:06d}_00.jpg"
     if layout == "small":
         return f"cam_{cam}_{pid:04d}_{shot:03d}.jpg"
     return f"cam_{cam}_{pid:04d}_t{shot:02d}_f{frame:03d}.jpg"
 
 
-def _cameras(rng: np.random.Generator, spec: SiteSpec, role: str) -> list[int]:
+CameraRule = Callable[[np.random.Generator, SiteSpec, str], list[int]]
+JobsRule = Callable[[SiteSpec, int, int, int, str], list[ImageJob]]
+
+
+def default_cameras(rng: np.random.Generator, spec: SiteSpec, role: str) -> list[int]:
+    """synthetic-8's rule: which cameras see an identity of ``role``."""
     n = spec.num_cameras
     half = n // 2
     if role == "distractor" and spec.layout != "big":
@@ -91,11 +102,15 @@ def _cameras(rng: np.random.Generator, spec: SiteSpec, role: str) -> list[int]:
     return sorted(int(c) for c in rng.choice(n, size=count, replace=False))
 
 
-def _identity_jobs(spec: SiteSpec, seed: int, uid: int, pid: int, role: str) -> list[ImageJob]:
+def identity_jobs(
+    spec: SiteSpec, seed: int, uid: int, pid: int, role: str, cameras: CameraRule = default_cameras
+) -> list[ImageJob]:
+    """The pictures of one identity: ``cameras`` picks its cameras, then each camera gets
+    ``images_per_cam`` pictures (frames of tracklets for video) split by the layout's rule."""
     rng = np.random.default_rng([seed, uid, pid, 0x91A])
     lo, hi = spec.images_per_cam
     jobs = []
-    for cam in _cameras(rng, spec, role):
+    for cam in cameras(rng, spec, role):
         outfit = cam % spec.outfits_per_id
         if spec.video:
             shots = [
@@ -119,13 +134,21 @@ def _identity_jobs(spec: SiteSpec, seed: int, uid: int, pid: int, role: str) -> 
                 split = "query" if i == query_shot else "gallery"
             else:
                 split = "query" if cam < spec.num_cameras // 2 else "gallery"
-            name = _file_name(spec.layout, pid, cam, shot, frame, start + step * i)
+            name = file_name(spec.layout, pid, cam, shot, frame, start + step * i)
             jobs.append(ImageJob(split, pid, cam, shot, frame, outfit, name))
     return jobs
 
 
-def plan_site(spec: SiteSpec, *, seed: int, scale: float, min_test_ids: int) -> SitePlan:
-    """Identities 1..N (train, then test, then gallery-only distractors) and their images."""
+def plan_site(
+    spec: SiteSpec,
+    *,
+    seed: int,
+    scale: float,
+    min_test_ids: int,
+    jobs_rule: JobsRule = identity_jobs,
+) -> SitePlan:
+    """Identities 1..N (train, then test, then gallery-only distractors) and their images;
+    ``jobs_rule`` lays out one identity's pictures (a site kind may bring its own)."""
     n_train, n_test, n_distractor = spec.scaled_ids(scale, min_test_ids)
     uid = site_uid(spec.key)
     pids = list(range(1, n_train + n_test + n_distractor + 1))
@@ -137,7 +160,7 @@ def plan_site(spec: SiteSpec, *, seed: int, scale: float, min_test_ids: int) -> 
     jobs: list[ImageJob] = []
     for role, group in (("train", train), ("test", test), ("distractor", distractor)):
         for pid in group:
-            jobs.extend(_identity_jobs(spec, seed, uid, pid, role))
+            jobs.extend(jobs_rule(spec, seed, uid, pid, role))
     return SitePlan(
         spec=spec,
         uid=uid,

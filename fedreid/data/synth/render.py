@@ -5,7 +5,9 @@ horizontal offset from the body axis in body heights. The camera's geometry warp
 grid into these units (foreshortening and perspective), so a new camera never touches the
 drawing code. What is visible depends on the viewpoint: a logo only from the front, a
 backpack from the back (straps from the front, a bulge from the side), the face from the
-front and side.
+front and side. An aerial camera also stretches the head end and squeezes the legs (the
+steeper the pitch, the more) and shows the crown of the head (hair or hat) from above; an
+infrared camera re-colours the person by material before drawing (``infrared.py``).
 """
 
 from __future__ import annotations
@@ -15,36 +17,24 @@ import math
 import numpy as np
 from PIL import Image
 
-from .camera import (
-    CameraSpec,
-    Capture,
-    add_noise,
-    apply_optics,
-    draw_occluder,
-    render_background,
-    to_infrared,
-)
+from .camera import CameraSpec, Capture, add_noise, apply_optics, draw_occluder, render_background
 from .identity import Identity, Outfit
+from .infrared import nir_identity, nir_picture
 
 HEAD_V, HEAD_RU, HEAD_RV = 0.075, 0.05, 0.068
 SHOULDER_V, HIP_V, FOOT_V = 0.155, 0.50, 0.955
 
 
 class _Canvas:
-    """The picture being painted plus the masks the camera needs (person, skin)."""
+    """The picture being painted plus the person mask (what an infrared camera keeps)."""
 
     def __init__(self, img: np.ndarray, u: np.ndarray, v: np.ndarray) -> None:
         self.img, self.u, self.v = img, u, v
         self.person = np.zeros(u.shape, bool)
-        self.skin = np.zeros(u.shape, bool)
 
-    def paint(self, mask: np.ndarray, rgb, skin: bool = False) -> None:
+    def paint(self, mask: np.ndarray, rgb) -> None:
         self.img[mask] = rgb
         self.person |= mask
-        if skin:
-            self.skin |= mask
-        else:
-            self.skin &= ~mask
 
     def box(self, u0: float, u1: float, v0: float, v1: float) -> np.ndarray:
         return (self.u >= min(u0, u1)) & (self.u <= max(u0, u1)) & (self.v >= v0) & (self.v <= v1)
@@ -85,7 +75,7 @@ def _limb(c: _Canvas, p0, p1, r: float, cloth, skin_rgb, covered: float) -> None
     """A limb clothed from its root to ``covered`` (fraction of its length), skin beyond."""
     mask, t = c.capsule(p0, p1, r)
     c.paint(mask & (t <= covered), cloth)
-    c.paint(mask & (t > covered), skin_rgb, skin=True)
+    c.paint(mask & (t > covered), skin_rgb)
 
 
 def _legs(
@@ -136,19 +126,19 @@ def _arms(
         return
     for p0, p1 in arms:
         _limb(c, p0, p1, r, o.upper_rgb, ident.skin_rgb, covered)
-        c.paint(c.ellipse(p1[0], p1[1] + 0.012, 0.026, 0.024), ident.skin_rgb, skin=True)
+        c.paint(c.ellipse(p1[0], p1[1] + 0.012, 0.026, 0.024), ident.skin_rgb)
 
 
 def _head(c: _Canvas, ident: Identity, o: Outfit, view: str, facing: int) -> None:
     head = c.ellipse(0.0, HEAD_V, HEAD_RU, HEAD_RV)
-    c.paint(c.box(-0.022, 0.022, HEAD_V + 0.04, SHOULDER_V + 0.01), ident.skin_rgb, skin=True)
+    c.paint(c.box(-0.022, 0.022, HEAD_V + 0.04, SHOULDER_V + 0.01), ident.skin_rgb)
     long_v = {"short": 0.0, "medium": 0.15, "long": 0.25}[ident.hair_length]
     if view == "back":
         if long_v:
             c.paint(c.box(-0.05, 0.05, HEAD_V, long_v), ident.hair_rgb)
         c.paint(head, ident.hair_rgb)
     elif view == "front":
-        c.paint(head, ident.skin_rgb, skin=True)
+        c.paint(head, ident.skin_rgb)
         c.paint(head & ((c.v < HEAD_V - 0.03) | (np.abs(c.u) > 0.038)), ident.hair_rgb)
         if long_v:
             c.paint(
@@ -162,7 +152,7 @@ def _head(c: _Canvas, ident: Identity, o: Outfit, view: str, facing: int) -> Non
     else:
         if long_v:
             c.paint(c.box(-facing * 0.05, 0.0, HEAD_V, long_v), ident.hair_rgb)
-        c.paint(head, ident.skin_rgb, skin=True)
+        c.paint(head, ident.skin_rgb)
         c.paint(head & ((facing * c.u < 0.008) | (c.v < HEAD_V - 0.035)), ident.hair_rgb)
     if o.hat == "cap":
         c.paint(head & (c.v < HEAD_V - 0.03), o.hat_rgb)
@@ -232,6 +222,27 @@ def draw_person(c: _Canvas, ident: Identity, outfit: int, cap: Capture, phase: f
     c.img[c.person] *= shade[c.person, None]
 
 
+def top_down(v: np.ndarray, pitch_deg: float) -> np.ndarray:
+    """Body height ``v`` at each picture row for a camera looking down at ``pitch_deg``.
+
+    The picture position of body height ``b`` is ``f(b) = (1 + a) b - a b^2`` with
+    ``a = 0.8 sin^2(pitch)``: head and shoulders get more rows, the legs fewer. ``v`` (the
+    level-camera mapping) plays ``f``; this returns the inverse, extended beyond [0, 1].
+    """
+    a = 0.8 * math.sin(math.radians(pitch_deg)) ** 2
+    if a < 1e-6:
+        return v
+    disc = np.maximum((1.0 + a) ** 2 - 4.0 * a * v, 0.0)
+    return ((1.0 + a) - np.sqrt(disc)) / (2.0 * a)
+
+
+def _crown(c: _Canvas, ident: Identity, o: Outfit, pitch_deg: float) -> None:
+    """The top of the head seen from above: hair, or the hat when one is worn."""
+    reach = HEAD_V - HEAD_RV + 1.4 * HEAD_RV * math.sin(math.radians(pitch_deg))
+    top = c.ellipse(0.0, HEAD_V, HEAD_RU, HEAD_RV) & (c.v < reach)
+    c.paint(top, o.hat_rgb if o.hat != "none" else ident.hair_rgb)
+
+
 def render_image(
     ident: Identity,
     outfit: int,
@@ -246,17 +257,25 @@ def render_image(
     h, w = max(16, round(H * cam.resolution)), max(8, round(W * cam.resolution))
     Y = ((np.arange(h, dtype=np.float32) + 0.5) / h)[:, None] * np.ones((1, w), np.float32)
     X = np.ones((h, 1), np.float32) * ((np.arange(w, dtype=np.float32) + 0.5) / h)[None, :]
+    infrared = cam.modality == "infrared"
+    if infrared:
+        ident = nir_identity(ident)
     img = render_background(cam, cap, h, w)
     fs = cam.foreshortening
     ph = 0.86 * ident.height * cap.scale
     top = 0.955 + cap.shift_y - ph * fs
     v = (Y - top) / (ph * fs)
+    aerial = cam.kind == "aerial"
+    if aerial:
+        v = top_down(v, cam.pitch_deg)
     u = (X - (0.5 * w / h + cap.shift_x)) / ph / (1.0 + cam.perspective * (0.5 - v))
     canvas = _Canvas(img, u, v)
     draw_person(canvas, ident, outfit, cap, phase)
+    if aerial:
+        _crown(canvas, ident, ident.outfits[outfit], cam.pitch_deg)
     hidden = draw_occluder(img, u, v, cap)
-    if cam.modality == "infrared":
-        img = to_infrared(img, canvas.person & ~hidden, canvas.skin & ~hidden)
+    if infrared:
+        img = nir_picture(img, canvas.person & ~hidden, X, Y)
     img = apply_optics(img, cam, cap, X)
     out = np.rint(img * 255.0).astype(np.uint8)
     if (h, w) != (H, W):

@@ -52,7 +52,7 @@ class SiteSpec:
     cams_per_id: tuple[int, int]
     images_per_cam: tuple[int, int]
     priors: AttributePriors
-    real: RealStats
+    real: RealStats | None  # None for the optional kinds (no single real split to mirror)
     conditions: str
     tracklets_per_cam: int = 1
     outfits_per_id: int = 1
@@ -106,7 +106,9 @@ class SiteSpec:
             "tracklets_per_cam": self.tracklets_per_cam,
             "outfits_per_id": self.outfits_per_id,
             "conditions": self.conditions,
-            "real": {k: getattr(self.real, k) for k in RealStats.__slots__},
+            "real": None
+            if self.real is None
+            else {k: getattr(self.real, k) for k in RealStats.__slots__},
         }
 
 
