@@ -3,9 +3,10 @@
 Operators and tests use it to check the coordinator's defences on a real deployment: set
 ``FEDREID_INJECT_FAULTS=nonfinite,shape,norm,sparsity`` in the environment of one site's
 SuperNode and that site corrupts its reply to round r with the fault number
-``(r - 1) % len(faults)``. The coordinator must reject each reply with the reason logged and
-aggregate the others. Never set it on a production site: the site then attacks the federation
-on purpose (it logs a warning on every reply it corrupts).
+``(r - 1) % len(faults)``; ``FEDREID_INJECT_FAULTS=norm@3`` corrupts only its reply to round 3
+(a soak test's single hostile reply). The coordinator must reject each such reply with the
+reason logged and aggregate the others. Never set it on a production site: the site then
+attacks the federation on purpose (it logs a warning on every reply it corrupts).
 """
 
 from __future__ import annotations
@@ -54,24 +55,38 @@ FAULTS: dict[str, Callable[[dict[str, np.ndarray], MetricRecord], None]] = {
 }
 
 
-def parse_faults(spec: str) -> list[str]:
-    """``"nonfinite,norm"`` → ``["nonfinite", "norm"]``; unknown names raise ValueError."""
-    kinds = [s.strip() for s in spec.split(",") if s.strip()]
-    unknown = [k for k in kinds if k not in FAULTS]
-    if unknown or not kinds:
-        raise ValueError(f"{ENV_VAR}={spec!r}: use a comma-separated list of {sorted(FAULTS)}")
+def parse_faults(spec: str) -> list[str] | dict[int, str]:
+    """``"nonfinite,norm"`` → ``["nonfinite", "norm"]`` (cycled over the rounds);
+    ``"norm@3,shape@5"`` → ``{3: "norm", 5: "shape"}`` (those rounds only). Unknown names,
+    bad rounds or a mix of both forms raise ValueError."""
+    items = [s.strip() for s in spec.split(",") if s.strip()]
+    kinds = [item.partition("@")[0] for item in items]
+    rounds = [item.partition("@")[2] for item in items]
+    targeted = [bool(r) for r in rounds]
+    if (not items or any(k not in FAULTS for k in kinds) or (any(targeted) and not all(targeted))
+            or not all(r.isdigit() and int(r) >= 1 for r in rounds if r)):
+        raise ValueError(f"{ENV_VAR}={spec!r}: use a comma-separated list of {sorted(FAULTS)}, "
+                         "either plain (cycled over rounds) or each as KIND@ROUND (e.g. norm@3)")
+    if any(targeted):
+        return {int(r): k for k, r in zip(kinds, rounds, strict=True)}
     return kinds
 
 
-def fault_mod(kinds: list[str]):
-    """A client mod corrupting every training reply, the fault chosen by the server round."""
+def fault_mod(kinds: list[str] | dict[int, str]):
+    """A client mod corrupting training replies: every one (fault chosen by the server round)
+    for a list, the listed rounds only for a dict."""
 
     def mod(msg: Message, context: Context, call_next) -> Message:
         reply = call_next(msg, context)
         if msg.metadata.message_type != "train" or reply.has_error() or "arrays" not in reply.content:
             return reply
         server_round = int(msg.content["config"]["server-round"])
-        kind = kinds[(server_round - 1) % len(kinds)]
+        if isinstance(kinds, dict):
+            if server_round not in kinds:
+                return reply
+            kind = kinds[server_round]
+        else:
+            kind = kinds[(server_round - 1) % len(kinds)]
         arrays = record_to_arrays(reply.content["arrays"])
         FAULTS[kind](arrays, reply.content["metrics"])
         reply.content["arrays"] = arrays_to_record(arrays)

@@ -7,19 +7,28 @@ the simulation harness builds its own with ``make_server_app``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from logging import INFO
+from logging import ERROR, INFO, WARNING
 from pathlib import Path
 
 import numpy as np
 from flwr.app import Context
-from flwr.common.logger import log
+from flwr.common.logger import log, update_console_handler
 from flwr.serverapp import Grid, ServerApp
 
 from fedreid.config import FedReIDConfig, from_flat, write_run_config
-from fedreid.report import RunRecorder, write_summary
+from fedreid.deploy.processes import exit_when_orphaned
+from fedreid.report import RunRecorder, plot_curves, run_curves, write_summary
 from fedreid.training import initial_shared_state
-from server.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from server.strategy import FedReIDStrategy, ProgressFn
+from server.checkpoint import (
+    checkpoint_path,
+    drop_uncommitted_records,
+    load_checkpoint,
+    save_checkpoint,
+)
+from server.delivery import ProgressFn
+from server.strategy import FedReIDStrategy
+
+ORPHAN_GRACE_S = 10.0  # a ServerApp whose SuperLink died exits this long after
 
 
 def initial_state(cfg: FedReIDConfig) -> dict[str, np.ndarray]:
@@ -30,11 +39,11 @@ def initial_state(cfg: FedReIDConfig) -> dict[str, np.ndarray]:
 
 def run_server(grid: Grid, cfg: FedReIDConfig, run_dir: Path, *, resume: bool = False,
                progress: ProgressFn | None = None, on_round_end: Callable | None = None,
-               node_wait_s: float = 120.0) -> FedReIDStrategy:
-    """Run (or resume) the federation; results land in ``run_dir``."""
+               node_wait_s: float | None = None) -> FedReIDStrategy:
+    """Run (or resume) the federation; results land in ``run_dir``. ``node_wait_s`` overrides
+    ``fl.node_wait`` (in-process federations, where nothing needs to connect)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    recorder = RunRecorder(run_dir, cfg.fl.strategy)
     start_round = 1
     init = initial_state(cfg)
     rng_state = None
@@ -42,11 +51,19 @@ def run_server(grid: Grid, cfg: FedReIDConfig, run_dir: Path, *, resume: bool = 
         state, rng_state, _ = load_checkpoint(run_dir)
         init = state.global_state
         start_round = state.last_round + 1
+        # Sites are admitted again in this Flower run: node ids and sites may have changed.
+        state.node_site.clear()
     else:
         write_run_config(run_dir, cfg)
+    dropped = drop_uncommitted_records(run_dir, start_round - 1)
+    if dropped:
+        log(WARNING, "dropped %d record(s) of round(s) after round %d: never checkpointed, they are "
+            "redone", dropped, start_round - 1)
+    recorder = RunRecorder(run_dir, cfg.fl.strategy)
 
     def after_round(rnd: int, state) -> None:
         save_checkpoint(run_dir, state, strategy.rng)
+        log(INFO, "round %d committed (checkpoint saved)", rnd)
         if on_round_end:
             on_round_end(rnd, state)
 
@@ -62,9 +79,28 @@ def run_server(grid: Grid, cfg: FedReIDConfig, run_dir: Path, *, resume: bool = 
     return strategy
 
 
-def log_progress(phase: str, done: int, total: int, site: str) -> None:
-    """Deployed runs: one log line per reply, which `flwr log` / `fedreid server run` show."""
-    log(INFO, "%s: %d/%d site(s) replied%s", phase, done, total, f" (last: {site})" if site else "")
+def run_deployed(grid: Grid, cfg: FedReIDConfig, run_id: int) -> Path:
+    """A SuperLink run: timestamped log lines, the run folder from the config, results as a
+    simulation writes them (summary and plots), a failure's reason logged first, and no
+    ServerApp left behind when the coordinator dies."""
+    update_console_handler(timestamps=True, colored=False)
+    exit_when_orphaned(grace_s=ORPHAN_GRACE_S, say=lambda m: log(WARNING, "ServerApp: %s", m))
+    folder, resuming = Path(cfg.run_dir).resolve() / (cfg.fl.run_name or f"flwr-{run_id}"), False
+    if cfg.fl.resume_dir:
+        # `fedreid server run --resume DIR`: a new Flower run continues the old folder.
+        folder = Path(cfg.fl.resume_dir)
+        resuming = checkpoint_path(folder).exists()
+    log(INFO, "run %s: sites %s, %d round(s), results in %s%s", cfg.fl.run_name or run_id,
+        ", ".join(cfg.data.sites), cfg.fl.rounds, folder, " (resuming)" if resuming else "")
+    try:
+        run_server(grid, cfg, folder, resume=resuming)
+    except Exception as exc:
+        log(ERROR, "run failed: %s", exc)  # before Flower's traceback, which the CLI hides
+        raise
+    curves = run_curves(folder)
+    if curves["rounds"]:
+        plot_curves({cfg.fl.strategy: curves}, folder)
+    return folder
 
 
 def make_server_app(cfg: FedReIDConfig | None = None, run_dir: Path | None = None, *,
@@ -73,14 +109,10 @@ def make_server_app(cfg: FedReIDConfig | None = None, run_dir: Path | None = Non
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        conf = cfg if cfg is not None else from_flat(dict(context.run_config))
-        folder, resuming = run_dir, resume
-        if folder is None and conf.fl.resume_dir:
-            # `fedreid server run --resume DIR`: a new Flower run continues the old folder.
-            folder = Path(conf.fl.resume_dir)
-            resuming = checkpoint_path(folder).exists()
-        folder = folder or Path(conf.run_dir).resolve() / f"flwr-{context.run_id}"
-        run_server(grid, conf, folder, resume=resuming, progress=progress or log_progress)
+        if cfg is None:
+            run_deployed(grid, from_flat(dict(context.run_config)), int(context.run_id))
+        else:
+            run_server(grid, cfg, run_dir or Path(cfg.run_dir), resume=resume, progress=progress)
 
     return server
 

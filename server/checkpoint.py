@@ -2,20 +2,27 @@
 
 ``checkpoints/latest.pt`` holds the global model, every site's last mask, the node→site map,
 the finished round and the strategy's RNG state; it is written atomically after each round.
+A round is *committed* once its checkpoint is written: a resumed run continues after the
+last committed round, and records of later rounds (written before a crash could checkpoint
+them) are dropped so every round appears exactly once in ``metrics.jsonl``.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from fedreid.report import METRICS_FILE
+from fedreid.runlog import read_jsonl
 from server.strategy import StrategyState
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest.pt"
+ROUND_KINDS = ("train", "evaluate")
 
 
 def checkpoint_path(run_dir: Path) -> Path:
@@ -52,3 +59,18 @@ def load_checkpoint(run_dir: Path) -> tuple[StrategyState, dict[str, Any], dict[
                           node_site={int(k): v for k, v in blob["node_site"].items()},
                           last_round=int(blob["round"]))
     return state, blob["rng"], blob
+
+
+def drop_uncommitted_records(run_dir: Path, last_round: int) -> int:
+    """Remove round records the last checkpoint does not cover (``last_round`` 0: none is
+    covered, the run starts over in its folder); returns how many were dropped."""
+    path = Path(run_dir) / METRICS_FILE
+    records = read_jsonl(path)
+    keep = [r for r in records
+            if r.get("kind") not in ROUND_KINDS or (last_round > 0 and int(r["round"]) <= last_round)]
+    if len(keep) == len(records):
+        return 0
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    tmp.replace(path)
+    return len(records) - len(keep)

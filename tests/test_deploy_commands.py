@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 import tomllib
 from pathlib import Path
@@ -18,6 +19,7 @@ from fedreid.deploy import processes, run_status
 from fedreid.deploy.certs import TlsFiles, create_certificates, create_site_keys
 
 runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +34,7 @@ def test_superlink_command_tls_auth_and_database(pki, tmp_path):
     files, _ = pki
     cmd = processes.superlink_command(host="0.0.0.0", port=9092, database=tmp_path / "s.db", tls=files,
                                       supernode_auth=True)
-    assert Path(cmd[0]).name == "flower-superlink"
+    assert cmd[:3] == [sys.executable, "-m", "server.superlink"]
     assert cmd[cmd.index("--ssl-certfile") + 1] == str(files.server_cert.resolve())
     assert cmd[cmd.index("--database") + 1] == str((tmp_path / "s.db").resolve())
     assert "--enable-supernode-auth" in cmd and "--insecure" not in cmd
@@ -40,6 +42,22 @@ def test_superlink_command_tls_auth_and_database(pki, tmp_path):
     insecure = processes.superlink_command(host="127.0.0.1", port=1, database=tmp_path / "s.db", tls=None,
                                            supernode_auth=False)
     assert "--insecure" in insecure and "--ssl-certfile" not in insecure
+
+
+def test_the_superlink_waits_for_its_database_lock():
+    """Flower gives a SQLite write 5 s for the lock; under load that lost replies (500)."""
+    from flwr.supercore.constant import SQLITE_PRAGMAS
+
+    from server.superlink import BUSY_TIMEOUT_MS, patient
+
+    assert dict(SQLITE_PRAGMAS)["busy_timeout"] == "5000"  # what Flower ships (1.41)
+    raised = dict(patient(SQLITE_PRAGMAS))
+    assert raised["busy_timeout"] == str(BUSY_TIMEOUT_MS) and BUSY_TIMEOUT_MS >= 60_000
+    assert {k: v for k, v in raised.items() if k != "busy_timeout"} == {
+        k: v for k, v in SQLITE_PRAGMAS if k != "busy_timeout"}
+    help_text = subprocess.run([sys.executable, "-m", "server.superlink", "--help"], capture_output=True,
+                               text=True, timeout=120, cwd=ROOT)
+    assert help_text.returncode == 0 and "--enable-supernode-auth" in help_text.stdout
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -115,9 +133,10 @@ def test_round_lines_name_failures():
 
 
 # ---- the typer commands --------------------------------------------------------------------
-@pytest.mark.parametrize("args", [[], ["server"], ["server", "start"], ["server", "run"], ["site"],
-                                  ["site", "check"], ["site", "join"], ["keys"], ["keys", "create"],
-                                  ["keys", "register"], ["keys", "list"], ["certs"]])
+@pytest.mark.parametrize("args", [[], ["server"], ["server", "start"], ["server", "run"], ["server", "log"],
+                                  ["server", "stop"], ["site"], ["site", "check"], ["site", "join"], ["keys"],
+                                  ["keys", "create"], ["keys", "register"], ["keys", "list"],
+                                  ["keys", "unregister"], ["certs"]])
 def test_help_everywhere(args):
     result = runner.invoke(deploy_app, [*args, "--help"])
     assert result.exit_code == 0, result.output
@@ -141,7 +160,16 @@ def test_server_start_dry_run_and_errors(pki, tmp_path):
                                     str(tmp_path / "db" / "s.db"), "--enable-supernode-auth", "--dry-run"])
     assert ok.exit_code == 0, ok.output
     assert "--enable-supernode-auth" in ok.output and "--ssl-keyfile" in ok.output
+    # The SuperLink (and with it the Control API) listens on loopback only; the proxy is public.
+    assert "-m server.superlink --host 127.0.0.1 --port 9093" in ok.output
+    assert "nginx -p" in ok.output and "sites connect to https://0.0.0.0:9092" in ok.output
+    conf = (tmp_path / "db" / "proxy" / "nginx.conf").read_text()
+    assert "listen 0.0.0.0:9092 ssl;" in conf and "proxy_pass https://superlink;" in conf
+    assert "server 127.0.0.1:9093 max_fails=0;" in conf
     assert (tmp_path / "db").is_dir()
+    same = runner.invoke(deploy_app, ["server", "start", "--certs", certs_dir, "--port", "9093",
+                                      "--database", str(tmp_path / "s.db"), "--dry-run"])
+    assert same.exit_code == 2 and "must differ" in same.output
     missing = runner.invoke(deploy_app, ["server", "start", "--certs", str(tmp_path / "none"), "--dry-run"])
     assert missing.exit_code == 2 and "fedreid certs --out" in missing.output
     both = runner.invoke(deploy_app, ["server", "start", "--insecure", "--enable-supernode-auth",
@@ -162,8 +190,11 @@ def test_site_join_dry_run_and_errors(pki, tmp_path):
     ok = runner.invoke(deploy_app, base)
     assert ok.exit_code == 0, ok.output
     assert 'site="market"' in ok.output and "retries with exponential backoff (forever)" in ok.output
+    assert "<run>" in ok.output  # one state folder per run
     assert (tmp_path / "state").is_dir()
     cases = [
+        (["--insecure"], "--insecure cannot be used with --key"),
+        (["--threads", "0"], "--threads 0"),
         (["--method", "nope"], "--method 'nope'"),
         (["--site", "a b"], "site name 'a b'"),
         (["--key", str(tmp_path / "none.key")], "fedreid keys create"),
@@ -177,6 +208,45 @@ def test_site_join_dry_run_and_errors(pki, tmp_path):
     assert bad_data.exit_code == 1 and "--no-check" in bad_data.output
 
 
+def test_site_join_refuses_while_the_audit_blocks(pki, tmp_path):
+    """Data audit policy ``block`` with an unsettled finding: `site join` lists it with the fix
+    and does not start; once acknowledged it may join."""
+    from PIL import Image
+
+    from fedreid.audit.entities import Entity
+    from fedreid.audit.gate import ack_line, ack_path, write_block
+    from fedreid.audit.scan import Findings, file_digest
+
+    files, keys = pki
+    data = tmp_path / "market"
+    image = "pytorch/train_all/0001/0001_c1s1_000001_00.jpg"
+    (data / image).parent.mkdir(parents=True)
+    Image.new("RGB", (16, 32), (200, 40, 40)).save(data / image)
+    finding = Findings(image, file_digest(data / image), [], [Entity("PERSON", "Anna Smith", 0.7, "image")])
+    write_block(data, [finding], [image], block_level="medium", report=tmp_path / "audit.md")
+    base = ["site", "join", "--site", "market", "--data", str(data), "--superlink", "127.0.0.1:9092",
+            "--root-certificates", str(files.ca_cert), "--key", str(keys.private_key), "--no-check",
+            "--state-dir", str(tmp_path / "state"), "--device", "cpu", "--dry-run"]
+    blocked = runner.invoke(deploy_app, base)
+    assert blocked.exit_code == 1, blocked.output
+    assert image in blocked.output and "1 unresolved finding" in blocked.output
+    assert "acknowledged.txt" in blocked.output and "flower-supernode" not in blocked.output
+    ack_path(data).write_text(ack_line(finding, "a red shirt, no text") + "\n")
+    allowed = runner.invoke(deploy_app, base)
+    assert allowed.exit_code == 0 and "flower-supernode" in allowed.output, allowed.output
+
+
+def test_server_start_dry_run_without_nginx_still_prints_the_commands(pki, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    monkeypatch.setattr("fedreid.deploy.proxy.Path.is_file", lambda self: False if "nginx" in str(self)
+                        else os.path.isfile(self))
+    result = runner.invoke(deploy_app, ["server", "start", "--certs", str(pki[0].ca_cert.parent), "--database",
+                                        str(tmp_path / "db" / "s.db"), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "nginx is not installed" in result.output and "apt-get install nginx-light" in result.output
+    assert "$ nginx -p" in result.output
+
+
 def test_server_run_rejects_bad_input_before_submitting(pki, tmp_path):
     ca = str(pki[0].ca_cert)
     bad_key = runner.invoke(deploy_app, ["server", "run", "prune.targt=1", "--root-certificates", ca])
@@ -187,7 +257,8 @@ def test_server_run_rejects_bad_input_before_submitting(pki, tmp_path):
     assert resume.exit_code == 2 and "config.yaml" in resume.output
     down = runner.invoke(deploy_app, ["server", "run", "--insecure", "--superlink", "127.0.0.1:9",
                                       "--run-dir", str(tmp_path / "runs")])
-    assert down.exit_code == 1 and "Is the SuperLink running at 127.0.0.1:9" in down.output
+    assert down.exit_code == 1 and "cannot reach the coordinator's control API at 127.0.0.1:9" in down.output
+    assert "loopback-only" in down.output
 
 
 # ---- stopping process trees ----------------------------------------------------------------
@@ -225,3 +296,53 @@ def test_tls_files_explicit_flags(pki, tmp_path):
                                         "--database", str(tmp_path / "s.db"), "--dry-run"])
     assert result.exit_code == 2 and "all of --ssl-certfile" in result.output
     assert isinstance(TlsFiles.in_folder(files.ca_cert.parent), TlsFiles)
+
+
+def test_a_flower_app_process_exits_when_its_launcher_dies(tmp_path):
+    """ServerApp / ClientApp processes retry a dead SuperLink forever; fedreid's watchdog ends
+    them once their launcher is gone (what a crash of the coordinator or a site leaves)."""
+    pidfile = tmp_path / "app.pid"
+    app = (f"import os, time; from fedreid.deploy.processes import exit_when_orphaned; "
+           f"exit_when_orphaned(grace_s=0.5, say=print, poll_s=0.1); "
+           f"open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(60)")
+    launcher = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys, time; "
+                                 f"subprocess.Popen([sys.executable, '-c', {app!r}]); time.sleep(60)"],
+                                start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    processes.wait_for(lambda: pidfile.exists() and pidfile.read_text(), 30, "app started")
+    app_ref = processes.process_ref(int(pidfile.read_text()))
+    processes.kill_hard(launcher)
+    processes.wait_for(lambda: not processes.alive(app_ref), 15, "the orphaned app exits")
+
+
+class _NoLog:
+    def __init__(self, *args):
+        pass
+
+    def close(self, grace: float) -> None:
+        pass
+
+
+def test_following_a_run_survives_a_busy_superlink_but_not_a_dead_one(monkeypatch):
+    """A status query the SuperLink misses (busy on its database) is asked again; only a
+    silence of CONTACT_GRACE_S means the coordinator is gone."""
+    answers = iter([RuntimeError("unavailable"), RuntimeError("unavailable"), {"status": "running"},
+                    {"status": "finished:completed"}])
+
+    def run_info(run_id, env):
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(run_status, "_LogFollower", _NoLog)
+    monkeypatch.setattr(run_status, "run_info", run_info)
+    info = run_status.follow_run(1, {}, echo=print, poll_s=0.01)
+    assert info["status"] == "finished:completed"
+
+    def gone(run_id, env):
+        raise RuntimeError("Connection to the SuperLink is unavailable")
+
+    monkeypatch.setattr(run_status, "run_info", gone)
+    monkeypatch.setattr(run_status, "CONTACT_GRACE_S", 0.05)
+    with pytest.raises(RuntimeError, match="unavailable"):
+        run_status.follow_run(1, {}, echo=print, poll_s=0.01)

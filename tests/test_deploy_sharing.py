@@ -57,7 +57,8 @@ def _content_problems(reply, shared_keys) -> list[str]:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             problems.append(f"metric {key!r} is not a scalar number")
     meta = set(content.config_records.get("meta", {}))
-    allowed = {"site", "method", "arch", "signature"} if reply.metadata.message_type == "query" else {"site", "method"}
+    allowed = ({"site", "method", "arch", "signature"} if reply.metadata.message_type == "query"
+               else {"site", "method", "warnings"})
     problems += [f"meta carries {k!r}" for k in sorted(meta - allowed)]
     return problems
 

@@ -32,6 +32,7 @@ SERVER_CERT, SERVER_KEY = "server.pem", "server.key"
 # certificate must also be valid for these names whatever the public host names are.
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1")
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SITE_COMMENT = "fedreid-site-"  # a site's .pub ends with this + the site name
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,7 @@ def create_site_keys(out_dir: str | os.PathLike, site: str, *, overwrite: bool =
         serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                            serialization.PublicFormat.OpenSSH)
-    paths.public_key.write_bytes(public + f" fedreid-site-{site}\n".encode())
+    paths.public_key.write_bytes(public + f" {SITE_COMMENT}{site}\n".encode())
     return paths
 
 
@@ -211,6 +212,19 @@ def check_public_key(path: str | os.PathLike) -> ec.EllipticCurvePublicKey:
         raise ValueError(f"{path} is not an EC key; Flower's SuperNode authentication needs an "
                          "EC key on a NIST curve (`fedreid keys create` makes P-384)")
     return key
+
+
+def site_of_public_key(path: str | os.PathLike) -> str:
+    """The site a public key belongs to: the name `fedreid keys create` writes into its
+    comment (``fedreid-site-NAME``), else the file name without ``.pub``."""
+    path = Path(path)
+    fields = path.read_text(errors="replace").split()
+    comment = fields[2] if len(fields) > 2 else ""
+    site = comment[len(SITE_COMMENT):] if comment.startswith(SITE_COMMENT) else path.stem
+    try:
+        return check_site_name(site)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}; rename the file to <site>.pub") from exc
 
 
 def check_private_key(path: str | os.PathLike) -> None:

@@ -1,8 +1,9 @@
 """Command lines for Flower's deployment tools, and starting / waiting for / stopping them.
 
-Flower 1.41 serves the Fleet, Control and Runtime APIs over HTTP(S) on one host:port. The
-SuperLink launches ``flower-superexec`` by bare name (so Flower's ``bin`` folder must be on
-PATH) in a new session, and that runs the ServerApp; each SuperNode does the same for its
+Flower 1.41 serves the Fleet, Control and Runtime APIs over HTTP(S) on one host:port; fedreid
+binds that to loopback and puts a proxy in front for the sites (:mod:`fedreid.deploy.proxy`).
+The SuperLink launches ``flower-superexec`` by bare name (so Flower's ``bin`` folder must be
+on PATH) in a new session, and that runs the ServerApp; each SuperNode does the same for its
 ClientApps. Those children watch their parent's pid, but a parent that is killed and not
 reaped stays a zombie and they never notice — so :func:`stop_tree` collects the whole tree
 first and stops every process by its pid (checked against its start time: pids are reused).
@@ -10,6 +11,7 @@ first and stops every process by its pid (checked against its start time: pids a
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
@@ -18,10 +20,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fedreid.deploy.certs import TlsFiles
 
@@ -33,6 +37,7 @@ QUIET_ENV = {
     "PYTHONUNBUFFERED": "1",
 }
 NodeValue = str | int | float | bool
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def flower_bin(name: str) -> str:
@@ -67,7 +72,8 @@ def check_port(port: int, flag: str = "--port") -> int:
 
 def superlink_command(*, host: str, port: int, database: Path, tls: TlsFiles | None,
                       supernode_auth: bool, log_file: Path | None = None) -> list[str]:
-    """``flower-superlink`` with TLS (or ``--insecure`` when ``tls`` is None) and a database.
+    """``flower-superlink`` with TLS (or ``--insecure`` when ``tls`` is None) and a database,
+    run through ``server.superlink`` (a patient SQLite lock wait; Flower's own flags).
 
     Runtime dependency installation stays off: the coordinator runs the app in the
     environment fedreid is installed in, and may have no package index to install from.
@@ -79,7 +85,8 @@ def superlink_command(*, host: str, port: int, database: Path, tls: TlsFiles | N
     if str(database) in ("", ":memory:"):
         raise ValueError("--database must be a file: without it a restarted SuperLink forgets every "
                          "site and run, and connected sites shut down")
-    cmd = [flower_bin("flower-superlink"), "--host", host, "--port", str(port),
+    flower_bin("flower-superlink")  # Flower is installed here
+    cmd = [sys.executable, "-m", "server.superlink", "--host", host, "--port", str(port),
            "--database", str(Path(database).resolve()), "--disable-runtime-dependency-installation"]
     if tls is None:
         cmd.append("--insecure")
@@ -172,6 +179,82 @@ def start_process(cmd: Sequence[str], *, log_file: Path, env: Mapping[str, str])
     with log_file.open("ab") as out:
         return subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, env=dict(env),
                                 stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def start_tied(cmd: Sequence[str], *, env: Mapping[str, str], sig: int = signal.SIGTERM,
+               **popen: Any) -> subprocess.Popen:
+    """Start ``cmd`` so that it gets ``sig`` when this process ends, however it ends (even by
+    SIGKILL, and after this process has exec'd another program): a helper started for a
+    SuperLink never outlives it. Linux only (prctl)."""
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork
+    parent = os.getpid()
+
+    def tie() -> None:
+        if libc.prctl(PR_SET_PDEATHSIG, sig) != 0 or os.getppid() != parent:
+            raise OSError(ctypes.get_errno(), "cannot tie the process to its parent (prctl)")
+
+    return subprocess.Popen(list(cmd), env=dict(env), stdin=subprocess.DEVNULL, preexec_fn=tie, **popen)
+
+
+def run_watched(cmd: Sequence[str], *, env: Mapping[str, str], on_line: Callable[[str], bool]) -> int:
+    """Run ``cmd`` in the foreground with its output read line by line: each line is copied to
+    stdout and handed to ``on_line``, which returns True to stop the process (SIGTERM).
+
+    The child is SIGKILLed if this process dies (so killing this process is a crash of the
+    child, as if it had been exec'd), and SIGINT / SIGTERM / SIGHUP are passed on to it.
+    Returns its exit code.
+    """
+    proc = start_tied(cmd, env=env, sig=signal.SIGKILL, stdout=subprocess.PIPE,
+                      stderr=subprocess.STDOUT, text=True, bufsize=1, errors="replace")
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, _frame: proc.send_signal(signum))
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            if on_line(line) and proc.poll() is None:
+                proc.terminate()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    code = proc.wait()
+    reader.join(timeout=2.0)  # its children may hold the pipe open; what they print is theirs
+    return code
+
+
+def exit_when_orphaned(*, grace_s: float, say: Callable[[str], None], poll_s: float = 1.0) -> threading.Thread:
+    """End this process ``grace_s`` seconds after its parent dies (it is re-parented).
+
+    Flower's ServerApp and ClientApp processes watch their launcher, but on its death they
+    ask themselves to stop and then retry the dead SuperLink / SuperNode forever: a crash
+    of the coordinator or a site would leave them running. ``say`` reports it first.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        say(f"this process's parent (pid {parent}) is gone; exiting in {grace_s:.0f} s")
+        time.sleep(grace_s)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, daemon=True, name="exit-when-orphaned")
+    thread.start()
+    return thread
+
+
+def port_free(host: str, port: int) -> bool:
+    """Nothing listens on ``host:port`` yet (a bind would succeed)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def port_open(host: str, port: int) -> bool:

@@ -3,7 +3,8 @@
 ``flwr run`` exits 0 even when the ServerApp failed, so the outcome is read from
 ``flwr ls --run-id ID --format json`` ("finished:completed" / "finished:failed" /
 "finished:stopped"). The ``flwr`` calls use a private, temporary FLWR_HOME holding one
-connection entry, so the operator's ``~/.flwr/config.toml`` is never read or rewritten.
+connection entry, so the operator's ``~/.flwr/config.toml`` is never read or rewritten (and
+a bare ``flwr log ID``, which would start a local SuperLink of its own, is never needed).
 """
 
 from __future__ import annotations
@@ -86,8 +87,17 @@ def register_key(public_key: Path, name: str | None, env: Mapping[str, str]) -> 
     return int(flwr_json([*args, *(["--name", name] if name else [])], env)["node-id"])
 
 
-def list_nodes(env: Mapping[str, str]) -> list[dict[str, Any]]:
-    return list(flwr_json(["supernode", "list", CONNECTION], env)["nodes"])
+def unregister_node(node_id: int, env: Mapping[str, str]) -> None:
+    flwr_json(["supernode", "unregister", str(node_id), CONNECTION], env)
+
+
+def show_log(run_id: int, env: Mapping[str, str], timeout: float = 120.0) -> str:
+    """The run's whole log so far (the ServerApp's output, as ``flwr log --show`` prints it)."""
+    proc = subprocess.run(flwr_command("log", str(run_id), CONNECTION, "--show"), env=dict(env),
+                          capture_output=True, text=True, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"`flwr log {run_id}` failed: {(proc.stderr or proc.stdout).strip()[-2000:]}")
+    return proc.stdout
 
 
 def stop_run(run_id: int, env: Mapping[str, str]) -> None:
@@ -100,15 +110,35 @@ def round_line(record: Mapping[str, Any]) -> str:
     if kind == "train":
         sites = record.get("sites", {})
         failures = record.get("failures", [])
-        text = (f"round {rnd} trained: {len(sites)} site(s), mean prune ratio "
-                f"{record.get('mean_prune_ratio', 0.0):.2f}, {record.get('bytes_up', 0) / 1e6:.1f} MB up")
+        text = (f"round {rnd} trained: {len(sites)} site(s) ({', '.join(sorted(sites))}), mean prune "
+                f"ratio {record.get('mean_prune_ratio', 0.0):.2f}, {record.get('bytes_up', 0) / 1e6:.1f} MB up")
         for f in failures:
             text += f"\n  failed: {f.get('site')} — {f.get('reason')}"
         return text
     if kind == "evaluate":
         return (f"round {rnd} evaluated: {len(record.get('sites', {}))} site(s), mean mAP "
                 f"{record.get('mean_mAP', float('nan')):.3f}, Rank-1 {record.get('mean_rank1', float('nan')):.3f}")
+    if kind == "admission":
+        return f"site {record.get('site')} not admitted: {record.get('refused')}"
     return json.dumps(record)[:200]
+
+
+class TracebackFilter:
+    """Passes log lines to ``echo`` until the ServerApp reports an exception, then holds the
+    traceback back (``hidden`` counts it): the run's reason is printed on its own, and the
+    whole log stays available with `fedreid server log`."""
+
+    MARK = "raised an exception"
+
+    def __init__(self, echo: Echo):
+        self.echo = echo
+        self.hidden = 0
+
+    def __call__(self, line: str) -> None:
+        if self.hidden or self.MARK in line:
+            self.hidden += 1
+        else:
+            self.echo(line)
 
 
 class _LogFollower:
@@ -134,8 +164,11 @@ class _LogFollower:
         self.thread.join(timeout=5)
 
 
-def follow_run(run_id: int, env: Mapping[str, str], *, echo: Echo, metrics_file: Path | None = None,
-               timeout: float = 0.0, poll_s: float = 3.0) -> dict[str, Any]:
+CONTACT_GRACE_S = 60.0  # `server run` gives up on a SuperLink silent this long
+
+
+def follow_run(run_id: int, env: Mapping[str, str], *, echo: Echo, record_echo: Echo | None = None,
+               metrics_file: Path | None = None, timeout: float = 0.0, poll_s: float = 3.0) -> dict[str, Any]:
     """Stream the run's log and its round records until it finishes; returns ``flwr ls`` info.
 
     ``metrics_file`` (the run's metrics.jsonl, when this machine can see it) adds one line
@@ -143,16 +176,28 @@ def follow_run(run_id: int, env: Mapping[str, str], *, echo: Echo, metrics_file:
     ``timeout`` > 0 stops the run when it is exceeded (TimeoutError).
     """
     started = time.monotonic()
-    follower = _LogFollower(run_id, env, echo)
+    follower = _LogFollower(run_id, env, TracebackFilter(echo))
     seen = len(metrics_file.read_text().splitlines()) if metrics_file and metrics_file.exists() else 0
+    unreachable_since: float | None = None
     try:
         while True:
-            info = run_info(run_id, env)
+            try:
+                info = run_info(run_id, env)
+            except RuntimeError:
+                # A busy SuperLink (waiting on its database) can miss a status query: only a
+                # silence of CONTACT_GRACE_S means the coordinator is gone.
+                now = time.monotonic()
+                unreachable_since = unreachable_since or now
+                if now - unreachable_since >= CONTACT_GRACE_S:
+                    raise
+                time.sleep(poll_s)
+                continue
+            unreachable_since = None
             if metrics_file is not None and metrics_file.exists():
                 lines = metrics_file.read_text().splitlines()
                 for line in lines[seen:]:
                     if line.strip():
-                        echo(round_line(json.loads(line)))
+                        (record_echo or echo)(round_line(json.loads(line)))
                 seen = len(lines)
             if str(info.get("status", "")).startswith("finished"):
                 return info

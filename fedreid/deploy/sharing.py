@@ -18,6 +18,8 @@ SHARED = (
     "the site name and method name (so the coordinator can attribute and weight the update); "
     "once per run, the backbone name and the names, shapes and dtypes of the shared arrays "
     "(so the coordinator can refuse a site whose model does not fit)",
+    "warnings about the site's own round the coordinator's operator must see, as text (e.g. a "
+    "round redone from earlier state after the coordinator resumed)",
 )
 NEVER_SHARED = (
     "images, or anything computed per image (features, embeddings, distances)",
