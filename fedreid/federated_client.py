@@ -16,7 +16,15 @@ from fedreid.client_state import ClientState
 from fedreid.config.schema import FedReIDConfig
 from fedreid.data.split_images import SplitImages
 from fedreid.eval import evaluate
-from fedreid.fl.codec import decode_sparse, encode_sparse
+from fedreid.fl.codec import (
+    INITIAL_MISMATCH,
+    MaskMismatch,
+    decode_sparse,
+    encode_sparse,
+    initial_digest,
+    mask_digests,
+    state_digest,
+)
 from fedreid.fl.crr import CrossRoundRecovery, restored_weights
 from fedreid.fl.dp import clip_to_download
 from fedreid.losses import mean_kl_divergence
@@ -29,7 +37,7 @@ from fedreid.prune import (
     pruning_due,
     sparsity,
 )
-from fedreid.training import LocalTrainer, ProgressFn, stream_seed
+from fedreid.training import LocalTrainer, ProgressFn, initial_shared_state, stream_seed
 
 CRR_PROBE = 256  # training images cross-round recovery scores retrieval on
 EVAL_KEYS = ("mAP", "rank1", "rank5", "rank10", "mINP")
@@ -65,6 +73,7 @@ class FederatedClient:
         self.state = state or ClientState()
         if self.state.method:
             self.method.load_local_state(self.state.method)
+        self._held: dict[str, bytes] = {}  # digests of this site's masks the coordinator holds
 
     @property
     def method_name(self) -> str:
@@ -78,12 +87,41 @@ class FederatedClient:
         return {k: torch.from_numpy(v).to(self.trainer.device) for k, v in self.state.masks.items()}
 
     # ---- download ---------------------------------------------------------------------
+    def decode_download(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The downloaded shared model, dense. A download without bitmaps is cut with the
+        site's own masks (the coordinator sent their digests); a seeded download is the run's
+        initial model, rebuilt here and checked against the coordinator's digest. Remembers
+        which masks the coordinator holds, so the reply sends only changed bitmaps."""
+        digest = initial_digest(arrays)
+        if digest is not None:
+            try:
+                initial = initial_shared_state(self.cfg, self.cfg.method.name)
+            except (OSError, ValueError) as exc:  # e.g. model.init names a file this site lacks
+                raise ValueError(f"{INITIAL_MISMATCH}: this site cannot build the initial model "
+                                 f"({exc}); the coordinator sends the model instead") from exc
+            if state_digest(initial) != digest:
+                raise ValueError(
+                    f"{INITIAL_MISMATCH}: this site builds {state_digest(initial)} from seed "
+                    f"{self.cfg.seed}, the coordinator holds {digest} (other weights or settings); "
+                    "the coordinator sends the model instead")
+            self._held = {}
+            return initial
+        try:
+            download, _ = decode_sparse(arrays, known_masks=self.state.masks)
+        except MaskMismatch as exc:
+            raise MaskMismatch(
+                f"site {self.images.name}: the download refers to masks this site does not hold "
+                f"({exc}); the coordinator forgets them and sends the next download dense",
+                exc.names) from None
+        self._held = mask_digests(arrays)
+        return download
+
     def load_global(self, arrays: dict[str, np.ndarray], *, local: bool = True,
                     masked: bool = True) -> dict[str, np.ndarray]:
         """Load the downloaded shared model into the site's net, then the site's own local
         part (``local``: unshared keys, local BN statistics) and mask (``masked``); returns
         the download as decoded."""
-        download, _ = decode_sparse(arrays)
+        download = self.decode_download(arrays)
         unexpected = sorted(set(download) - set(self.shared_keys))
         if unexpected:
             raise ValueError(
@@ -239,7 +277,8 @@ class FederatedClient:
             shared, norm = clip_to_download(shared, download, masks, self.cfg.dp.clipping_norm)
             metrics["dp_update_norm"] = norm
             metrics["dp_clipped"] = float(norm > self.cfg.dp.clipping_norm)
-        return encode_sparse(shared, masks, value_dtype=self.cfg.codec.value_dtype)
+        return encode_sparse(shared, masks, value_dtype=self.cfg.codec.value_dtype,
+                             receiver_digests=self._held)
 
     # ---- evaluation -------------------------------------------------------------------------
     def evaluate_round(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:

@@ -1,22 +1,25 @@
 """FedKLPR and its baselines as one Flower strategy (Message API, subclass of ``FedAvg``).
 
-Flower's ``FedAvg`` averages one dense ArrayRecord per reply, waits forever for nodes, and
-has no resume. This strategy keeps Flower's messages and sampling defaults but:
+Flower's ``FedAvg`` averages one dense ArrayRecord per reply, holding every reply at once.
+This strategy keeps Flower's hooks (configure/aggregate × train/evaluate, ``summary``) and:
 
-- sends each site its personalised sparse model (global ⊙ that site's last mask);
-- validates every reply (shapes, dtypes, finiteness, bitmap vs values, declared sparsity,
-  update norm) and drops a bad one with the site and the reason logged;
-- weights sites by KLPWA / sample counts / CDW and averages with SAS (``fedreid.fl``);
-- counts the bytes of every serialized array it sends and receives;
-- checkpoints after every round and can start at any round (``start_round``).
+- sends each site its personalised model (global ⊙ that site's mask) without a bitmap (the
+  site holds its mask; the mask's digest rides along), in ``codec.value_dtype``; in round
+  one, a digest of the initial model instead of the model (``codec.seeded_start``);
+- validates every reply (:func:`fedreid.fl.validate.check_reply`) and folds it into the flat
+  aggregator (:class:`fedreid.fl.flat_sas.FlatSas`: KLPWA / sample / CDW weights, SAS, DP
+  noise) as soon as it is read, so a reply is dropped once folded; a rejected reply, an
+  error or a site back under a new node id makes the coordinator forget that site's masks,
+  so its next download is dense and its next reply carries full bitmaps;
+- counts the bytes of every array it sends and receives, training and evaluation apart;
+- accounts DP with ``dp_accounting`` (:class:`fedreid.fl.privacy_ledger.PrivacyLedger`).
 
-The maths lives in :mod:`fedreid.fl`; this module only adapts Flower messages to it.
+Transport (admission, sampling, deadlines) is :class:`server.delivery.Delivery`; the maths
+is :mod:`fedreid.fl`.
 """
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
@@ -24,42 +27,32 @@ from typing import Any
 
 import numpy as np
 from flwr.app import (
+    Array,
     ArrayRecord,
     ConfigRecord,
-    Error,
     Message,
     MessageType,
     MetricRecord,
     RecordDict,
 )
-from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
 from fedreid.config.schema import FedReIDConfig
 from fedreid.fl.accounting import serialized_nbytes
-from fedreid.fl.admission import admission_problems, signature_of
-from fedreid.fl.codec import decode_sparse, encode_sparse, npy_view, validate_encoded
-from fedreid.fl.dp import NoiseScale, add_noise, gaussian_epsilon
-from fedreid.fl.sas import SasAccumulator
-from fedreid.fl.weights import site_weights
+from fedreid.fl.admission import signature_of
+from fedreid.fl.codec import INITIAL_MISMATCH, encode_dense, encode_initial, state_digest
+from fedreid.fl.dp import GaussianNoise
+from fedreid.fl.flat_sas import FlatSas
+from fedreid.fl.privacy_ledger import PrivacyLedger
+from fedreid.fl.validate import check_reply
+from fedreid.fl.weight_rules import weight_rule
 from fedreid.report import RunRecorder
-from wire.records import arrays_to_record, record_nbytes
+from server.delivery import Delivery, ProgressFn, parse_bound_sites
+from wire.records import arrays_to_record, record_nbytes, record_views, to_array
 
-REQUIRED_TRAIN_METRICS = ("num-examples", "prune_ratio", "kl_divergence", "cosine_distance")
-SIGNAL_TOLERANCE = 1e-9  # divergences this far below 0 are float rounding, not a bad site
-ProgressFn = Callable[[str, int, int, str], None]  # phase, done, total, last site
-
-
-@dataclass
-class ValidatedUpdate:
-    node_id: int
-    site: str
-    method: str
-    arrays: dict[str, np.ndarray]  # validated wire form; SAS folds it in without decoding
-    metrics: dict[str, float]
-    nbytes: int
+SHARED_PARTS = ("::dense", "::shape")  # the same in every site's download of a round
 
 
 @dataclass
@@ -70,6 +63,17 @@ class StrategyState:
     site_masks: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     node_site: dict[int, str] = field(default_factory=dict)
     last_round: int = 0
+    dp_rates: list[float] = field(default_factory=list)  # per noisy round: sampled / admitted
+
+
+@dataclass
+class _Phase:
+    """Bytes of one exchange: what was sent and received, and its dense-fp32 equivalent."""
+
+    down: int = 0
+    up: int = 0
+    dense: int = 0
+    sent: int = 0
 
 
 def site_means(sites: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -84,253 +88,218 @@ def site_means(sites: dict[str, dict[str, float]]) -> dict[str, float]:
     return out
 
 
+def _meta(msg: Message) -> tuple[str | None, str]:
+    meta = msg.content.config_records.get("meta")
+    site = str(meta["site"]) if meta and "site" in meta else None
+    return site, str(meta["method"]) if meta and "method" in meta else "?"
+
+
+def _arrays_nbytes(msg: Message) -> int:
+    return record_nbytes(msg.content["arrays"]) if "arrays" in msg.content.array_records else 0
+
+
 class FedReIDStrategy(FedAvg):
     """One strategy class; ``cfg.fl.strategy`` presets select FedKLPR or a baseline."""
 
     def __init__(self, cfg: FedReIDConfig, initial_state: dict[str, np.ndarray], *,
                  num_sites: int, recorder: RunRecorder | None = None,
                  on_round_end: Callable[[int, StrategyState], None] | None = None,
-                 progress: ProgressFn | None = None, node_wait_s: float = 120.0):
+                 progress: ProgressFn | None = None, node_wait_s: float | None = None):
         min_sites = cfg.fl.min_sites or num_sites
         super().__init__(fraction_train=cfg.fl.fraction_train, fraction_evaluate=1.0,
                          min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=min_sites)
         self.cfg = cfg
         self.num_sites = num_sites
         self.min_sites = min_sites
-        self.state = StrategyState(global_state={k: np.array(v) for k, v in initial_state.items()})
         self.shapes = {k: tuple(v.shape) for k, v in initial_state.items()}
         self.dtypes = {k: v.dtype for k, v in initial_state.items()}
         # What one dense copy of the model costs on the wire; fixed by shapes and dtypes.
         self.dense_nbytes = serialized_nbytes(initial_state)
         self.recorder = recorder
         self.on_round_end = on_round_end
-        self.progress = progress
-        self.node_wait_s = node_wait_s
         self.rng = np.random.default_rng(cfg.seed)
-        self.signature = signature_of(initial_state)
-        self.refused: dict[int, str] = {}  # node -> why it may not take part (logged once)
-        self._round_bytes_down = 0
-        self._round_dense_down = 0
+        a, dp = cfg.agg, cfg.dp
+        self.rule = weight_rule(a.weighting, a.klaw_sign, a.praw_form, a.combine, a.beta)
+        self.noise = GaussianNoise(dp.noise_multiplier, dp.clipping_norm, self.rng) if dp.enabled else None
+        self.initial_digest = state_digest(initial_state) if cfg.codec.seeded_start else None
+        self.delivery = Delivery(
+            run_sites=cfg.data.sites, min_sites=min_sites,
+            node_wait_s=cfg.fl.node_wait if node_wait_s is None else node_wait_s,
+            signature=signature_of(initial_state), rng=self.rng,
+            bound=parse_bound_sites(cfg.fl.bound_sites), recorder=recorder, progress=progress)
+        self.state = StrategyState(global_state={k: np.array(v) for k, v in initial_state.items()})
+        self._train = _Phase()
+        self._eval_bytes: dict[str, int] = {}
+        self._site_node: dict[str, int] = {}  # the node each site was last sent a download on
 
-    # ---- admission and sampling with a deadline ---------------------------------------
-    def _admit_new_nodes(self, grid: Grid, nodes: list[int], timeout: float) -> None:
-        """Ask each node not yet admitted or refused which site it is and what it would send;
-        admit it when it is one of the run's sites and its arrays fit the global model."""
-        new = [n for n in nodes if n not in self.state.node_site and n not in self.refused]
-        if not new:
-            return
-        msgs = [Message(content=RecordDict({"config": ConfigRecord({})}), message_type=MessageType.QUERY,
-                        dst_node_id=n) for n in new]
-        for reply in self.exchange(grid, msgs, timeout, "admission"):
-            node = int(reply.metadata.src_node_id)
-            if reply.has_error():
-                continue  # asked again before the next round
-            meta = reply.content.config_records.get("meta", {})
-            site, method = str(meta.get("site", f"node-{node}")), str(meta.get("method", "?"))
-            try:
-                signature = {k: (tuple(v[0]), str(v[1])) for k, v in json.loads(str(meta["signature"])).items()}
-            except (KeyError, ValueError, TypeError, IndexError) as exc:
-                signature, problems = {}, [f"unreadable admission reply ({exc})"]
-            else:
-                problems = admission_problems(site, method, str(meta.get("arch", "?")), signature,
-                                              self.signature, self.cfg.data.sites)
-            taken = [n for n, s in self.state.node_site.items() if s == site and n in nodes and n != node]
-            if not problems and taken:
-                problems = [f"site {site!r} already takes part as node {taken[0]}"]
-            if problems:
-                self.refused[node] = "; ".join(problems)
-                log(WARNING, "site %s (node %s) refused: %s", site, node, self.refused[node])
-                if self.recorder:
-                    self.recorder.log("admission", self.state.last_round, site=site, node=node,
-                                      method=method, refused=self.refused[node])
-            else:
-                self.state.node_site[node] = site
+    # ---- state ---------------------------------------------------------------------------
+    @property
+    def state(self) -> StrategyState:
+        """The checkpointed state; the global model and masks are kept current in it."""
+        return self._state
+
+    @state.setter
+    def state(self, value: StrategyState) -> None:
+        """Adopt a state (a new run, or a resumed checkpoint): the aggregator starts from its
+        global model and masks, the privacy ledger from its rounds."""
+        self._state = value
+        self.flat = FlatSas(value.global_state, self.rule, mask_aware=self.cfg.agg.sas, noise=self.noise)
+        for site, masks in value.site_masks.items():
+            self.flat.set_site_masks(site, masks)
+        dp = self.cfg.dp
+        self.ledger = PrivacyLedger(dp.noise_multiplier, dp.accountant, value.dp_rates) if dp.enabled else None
+
+    def _sync_state(self, server_round: int) -> None:
+        s = self._state
+        s.last_round = server_round
+        s.global_state = self.flat.global_state()
+        if self.on_round_end is not None:  # unpacked masks only for a checkpoint
+            s.site_masks = {site: masks for site in self.flat.store.sites()
+                            if (masks := self.flat.site_masks(site))}
+        if self.ledger is not None:
+            s.dp_rates = list(self.ledger.rates)
+
+    def summary(self) -> None:
+        """Log the settings that decide what a round sends and how it aggregates."""
+        c, a = self.cfg, self.cfg.agg
+        log(INFO, "\t├──> %s: %d site(s), fraction_train %.2f, min_sites %d", c.fl.strategy,
+            self.num_sites, c.fl.fraction_train, self.min_sites)
+        log(INFO, "\t├──> weighting %s (%s, %s, %s, beta %.2f), SAS %s", a.weighting, a.klaw_sign,
+            a.praw_form, a.combine, a.beta, a.sas)
+        log(INFO, "\t├──> values %s, seeded start %s, dense model %d bytes", c.codec.value_dtype,
+            c.codec.seeded_start, self.dense_nbytes)
+        log(INFO, "\t└──> DP %s", f"z={c.dp.noise_multiplier}, C={c.dp.clipping_norm}, "
+            f"{c.dp.accountant}" if c.dp.enabled else "off")
 
     def _sample(self, grid: Grid, fraction: float) -> list[int]:
-        """Wait (bounded) for ``min_sites`` admitted sites, then sample; never hang on a dead node."""
-        deadline = time.monotonic() + self.node_wait_s
-        asked: set[int] = set()  # a node silent to one admission query is asked again next phase
-        while True:
-            nodes = sorted(grid.get_node_ids())
-            fresh = [n for n in nodes if n not in asked]
-            asked.update(fresh)
-            self._admit_new_nodes(grid, fresh, max(1.0, deadline - time.monotonic()))
-            admitted = [n for n in nodes if n in self.state.node_site]
-            if len(admitted) >= self.min_sites or time.monotonic() >= deadline:
-                break
-            missing = sorted(set(self.cfg.data.sites) - {self.state.node_site[n] for n in admitted})
-            log(INFO, "waiting for sites: %d of %d admitted (missing: %s)", len(admitted),
-                self.min_sites, ", ".join(missing) or "?")
-            time.sleep(1.0)
-        if not admitted:
-            raise RuntimeError(
-                f"no site admitted within {self.node_wait_s:.0f} s (refused: {len(self.refused)}); "
-                "start the sites (`fedreid site join`) or raise the wait"
-            )
-        if len(admitted) < self.min_sites:
-            log(WARNING, "proceeding with %d of %d wanted sites after %.0f s",
-                len(admitted), self.min_sites, self.node_wait_s)
-        size = max(1, int(round(len(admitted) * fraction)))
-        # Sample positions in site order, not node ids: node ids are random per run (and up to
-        # 2**64, which numpy would turn into floats); the same seed must pick the same sites.
-        admitted.sort(key=lambda n: (self.state.node_site[n], n))
-        picked = self.rng.choice(len(admitted), size=size, replace=False)
-        return sorted(int(admitted[i]) for i in picked)
+        return self.delivery.sample(grid, fraction, self.state.node_site, self.state.last_round)
+
+    def _seeded(self, server_round: int) -> bool:
+        """Round one of a fresh run whose global is still the initial model."""
+        return (self.initial_digest is not None and self.state.last_round == 0
+                and server_round <= 1 and state_digest(self.state.global_state) == self.initial_digest)
+
+    def _resync(self, node: int, site: str | None) -> None:
+        """A site back under another node id (restarted, new key) may have lost its state:
+        forget its masks so its download is dense and its reply carries full bitmaps."""
+        if site is None:
+            return
+        if self._site_node.get(site, node) != node:
+            log(INFO, "site %s is back as node %s: its masks are sent again", site, node)
+            self.flat.forget(site)
+        self._site_node[site] = node
 
     # ---- train ---------------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         config["server-round"] = server_round
-        messages = []
-        self._round_bytes_down = 0
-        self._round_dense_down = 0
-        for node in self._sample(grid, self.cfg.fl.fraction_train):
-            site = self.state.node_site.get(node)
-            masks = self.state.site_masks.get(site, {}) if site else {}
-            record = self._personalised_record(masks)
-            self._round_bytes_down += record_nbytes(record)
-            self._round_dense_down += self.dense_nbytes
-            content = RecordDict({"arrays": record, "config": ConfigRecord(dict(config))})
-            messages.append(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node))
-        return messages
+        self._train = _Phase()
+        seeded = arrays_to_record(encode_initial(self.initial_digest)) if self._seeded(server_round) else None
+        nodes = self._sample(grid, self.cfg.fl.fraction_train)
+        common: dict[str, Array] = {}
+        return [self._train_message(node, config, seeded, common) for node in nodes]
 
-    def _personalised_record(self, masks: dict[str, np.ndarray]) -> ArrayRecord:
-        """global ⊙ mask, sparse-encoded: a pruned site downloads only what it keeps."""
-        encoded = encode_sparse(self.state.global_state, masks, value_dtype=self.cfg.codec.value_dtype)
-        return arrays_to_record(encoded)
+    def _train_message(self, node: int, config: ConfigRecord, record: ArrayRecord | None,
+                       common: dict[str, Array]) -> Message:
+        """``common``: the round's Arrays every download has alike (dense tensors, shapes),
+        built once and shared by the records."""
+        site = self.state.node_site.get(node)
+        self._resync(node, site)
+        if record is None:
+            arrays = self.flat.download_for(site or f"node-{node}", self.cfg.codec.value_dtype)
+            for key in arrays.keys() - common.keys():
+                if key.endswith(SHARED_PARTS):
+                    common[key] = to_array(arrays[key])
+            record = ArrayRecord({k: common[k] if k.endswith(SHARED_PARTS) else to_array(v)
+                                  for k, v in arrays.items()})
+        self._train.down += record_nbytes(record)
+        self._train.dense += self.dense_nbytes
+        self._train.sent += 1
+        content = RecordDict({"arrays": record, "config": ConfigRecord(dict(config))})
+        return Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        accepted, failures = self._accept_train_replies(replies)
-        round_record: dict[str, Any] = {
-            "failures": failures,
-            "bytes_down": self._round_bytes_down,
-            "bytes_up": sum(r.nbytes for r in accepted),
-        }
-        if not accepted:
-            log(WARNING, "round %d: no acceptable reply; the global model is unchanged", server_round)
-            self._finish_round(server_round, round_record, accepted, np.zeros(0))
-            return None, None
-        weights = self._weights(accepted)
-        acc = SasAccumulator(self.state.global_state, mask_aware=self.cfg.agg.sas)
-        noise = NoiseScale(self.state.global_state, self.cfg.agg.sas) if self.cfg.dp.enabled else None
-        for reply, w in zip(accepted, weights, strict=True):
-            masks = acc.add_encoded(reply.arrays, float(w))
-            if masks:
-                self.state.site_masks[reply.site] = masks
-            if noise is not None:
-                noise.add(float(w), masks)
-        self.state.global_state = acc.result()
-        if noise is not None:
-            round_record.update(self._add_dp_noise(noise, server_round))
-        self._finish_round(server_round, round_record, accepted, weights)
-        metrics = MetricRecord({
-            "mean_prune_ratio": float(np.mean([r.metrics["prune_ratio"] for r in accepted])),
-            "sites": len(accepted),
-        })
-        return arrays_to_record(self.state.global_state), metrics
-
-    def _add_dp_noise(self, noise: NoiseScale, server_round: int) -> dict[str, float]:
-        dp = self.cfg.dp
-        self.state.global_state, top_std = add_noise(
-            self.state.global_state, noise.scales(), dp.noise_multiplier, dp.clipping_norm, self.rng)
-        epsilon = gaussian_epsilon(dp.noise_multiplier, server_round, dp.delta)
-        log(INFO, "round %d: DP noise added (largest std %.4g); ε = %.3g at δ = %g after %d rounds",
-            server_round, top_std, epsilon, dp.delta, server_round)
-        return {"dp_noise_std_max": top_std, "dp_epsilon": epsilon}
-
-    def _accept_train_replies(self, replies: Iterable[Message]) -> tuple[list[ValidatedUpdate], list[dict]]:
-        accepted: list[ValidatedUpdate] = []
+        """Validate and fold each reply as it comes (it can be dropped right after); then
+        the new global model, DP noise included."""
+        sites: dict[str, dict[str, Any]] = {}
         failures: list[dict] = []
         for msg in replies:
             node = int(msg.metadata.src_node_id)
-            site = self.state.node_site.get(node, f"node-{node}")
-            if msg.has_error():
-                failures.append({"site": site, "node": node, "reason": f"error {msg.error.code}: {msg.error.reason}"[:500]})
-                continue
-            try:
-                reply = self._decode_reply(msg)
-            except ValueError as exc:
-                failures.append({"site": site, "node": node, "reason": str(exc)[:500]})
-                continue
             admitted = self.state.node_site.get(node)
-            if admitted is not None and reply.site != admitted:
-                failures.append({"site": admitted, "node": node,
-                                 "reason": f"reply claims site {reply.site!r}, admitted as {admitted!r}"})
+            name = admitted or f"node-{node}"
+            if msg.has_error():
+                reason = f"error {msg.error.code}: {msg.error.reason}"[:500]
+                failures.append({"site": name, "node": node, "reason": reason})
+                self.flat.forget(name)
                 continue
-            accepted.append(reply)
+            nbytes = _arrays_nbytes(msg)
+            self._train.up += nbytes
+            self._train.dense += self.dense_nbytes
+            try:
+                site, method, metrics = self._fold(msg, admitted)
+            except ValueError as exc:  # ReplyRejected, MaskMismatch and malformed replies
+                failures.append({"site": name, "node": node, "reason": str(exc)[:500]})
+                self.flat.forget(name)
+                continue
+            sites[site] = {**metrics, "method": method, "bytes_up": nbytes}
         for f in failures:
             log(WARNING, "rejected reply from site %s (node %s): %s", f["site"], f["node"], f["reason"])
-        return accepted, failures
+        record: dict[str, Any] = {"failures": failures, "bytes_down": self._train.down,
+                                  "bytes_up": self._train.up, "dense_bytes": self._train.dense}
+        if not sites:
+            log(WARNING, "round %d: no acceptable reply; the global model is unchanged", server_round)
+            self._finish_round(server_round, record, sites)
+            return None, None
+        self.flat.result()
+        for site, w in self.flat.summary.weights.items():
+            sites[site]["weight"] = w
+        if self.noise is not None:
+            record.update(self._account_dp(server_round))
+        self._finish_round(server_round, record, sites)
+        metrics = MetricRecord({"mean_prune_ratio": record["mean_prune_ratio"], "sites": len(sites)})
+        return arrays_to_record(self.state.global_state), metrics
 
-    def _decode_reply(self, msg: Message) -> ValidatedUpdate:
+    def _fold(self, msg: Message, admitted: str | None) -> tuple[str, str, dict[str, float]]:
         content = msg.content
         if "arrays" not in content.array_records or "metrics" not in content.metric_records:
             raise ValueError("reply lacks the 'arrays' ArrayRecord or the 'metrics' MetricRecord")
-        meta = content.config_records.get("meta")
-        site = str(meta["site"]) if meta and "site" in meta else f"node-{msg.metadata.src_node_id}"
-        method = str(meta["method"]) if meta and "method" in meta else "?"
-        metrics = dict(content["metrics"])
-        for key in REQUIRED_TRAIN_METRICS:
-            value = metrics.get(key)
-            if not isinstance(value, (int, float)) or not np.isfinite(value):
-                raise ValueError(f"metric {key!r} is missing or not finite: {value!r}")
-        if metrics["num-examples"] <= 0:
-            raise ValueError(f"num-examples must be positive, got {metrics['num-examples']}")
-        for key in ("kl_divergence", "cosine_distance"):
-            if metrics[key] < -SIGNAL_TOLERANCE:
-                raise ValueError(f"metric {key!r} must be >= 0, got {metrics[key]}")
-            metrics[key] = max(0.0, float(metrics[key]))
-        if not 0.0 <= metrics["prune_ratio"] <= 1.0:
-            raise ValueError(f"prune_ratio must lie in [0, 1], got {metrics['prune_ratio']}")
-        record = content["arrays"]
-        if any(a.stype != "numpy.ndarray" for a in record.values()):
-            raise ValueError("reply arrays must be serialised as 'numpy.ndarray'")
-        arrays = {k: npy_view(a.data) for k, a in record.items()}  # zero-copy views
-        declared = float(metrics["prune_ratio"]) if any(k.endswith("::bits") for k in arrays) else None
-        problems = validate_encoded(arrays, self.shapes, declared_sparsity=declared, tol=1e-4,
-                                    expected_dtypes=self.dtypes)
-        if not problems and self.cfg.agg.max_update_norm > 0:
-            problems = self._norm_problems(arrays)
-        if problems:
-            raise ValueError("; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""))
-        return ValidatedUpdate(node_id=int(msg.metadata.src_node_id), site=site, method=method, arrays=arrays,
-                         metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
-                         nbytes=record_nbytes(record))
-
-    def _norm_problems(self, arrays: dict[str, np.ndarray]) -> list[str]:
-        state, _ = decode_sparse(arrays)
-        sq = 0.0
-        for k, v in state.items():
-            if v.dtype.kind == "f" and not k.endswith(("running_mean", "running_var")):
-                sq += float(np.sum((v.astype(np.float32) - self.state.global_state[k]) ** 2))
-        norm = float(np.sqrt(sq))
+        claimed, method = _meta(msg)
+        site = claimed or admitted or f"node-{msg.metadata.src_node_id}"
+        if admitted is not None and site != admitted:
+            raise ValueError(f"reply claims site {site!r}, admitted as {admitted!r}")
         limit = self.cfg.agg.max_update_norm
-        return [f"update norm {norm:.4g} exceeds agg.max_update_norm={limit:.4g}"] if norm > limit else []
+        checked = check_reply(
+            record_views(content["arrays"]), dict(content["metrics"]), shapes=self.shapes,
+            dtypes=self.dtypes, known_masks=self.flat.known_masks(site), max_update_norm=limit,
+            global_state=self.flat.global_state() if limit > 0 else None)
+        self.flat.fold(site, checked, checked.metrics)
+        return site, method, checked.metrics
 
-    def _weights(self, accepted: list[ValidatedUpdate]) -> np.ndarray:
-        a = self.cfg.agg
+    def _account_dp(self, server_round: int) -> dict[str, float]:
+        dp = self.cfg.dp
+        # Amplification only where the round sampled: with fraction_train = 1 every admitted
+        # site was asked, and a site that dropped out must not count as unsampled.
+        if self.cfg.fl.fraction_train < 1:
+            population = max(len(set(self.state.node_site.values())), self._train.sent, 1)
+            self.ledger.record_round(max(1, self._train.sent), population)
+        else:
+            self.ledger.record_round(1, 1)
+        epsilon = self.ledger.epsilon(dp.delta)
+        top = self.flat.summary.noise_std_max or 0.0
+        log(INFO, "round %d: DP noise added (largest std %.4g); ε = %.3g at δ = %g after %d rounds (%s)",
+            server_round, top, epsilon, dp.delta, len(self.ledger.rates), dp.accountant)
+        return {"dp_noise_std_max": top, "dp_epsilon": epsilon,
+                "dp_sampling_rate": self.ledger.rates[-1]}
 
-        def signal(key: str) -> list[float]:
-            return [r.metrics[key] for r in accepted]
-
-        return site_weights(a.weighting, num_examples=signal("num-examples"),
-                            kl_divergence=signal("kl_divergence"),
-                            cosine_distance=signal("cosine_distance"),
-                            prune_ratio=signal("prune_ratio"), klaw_sign=a.klaw_sign,
-                            praw_form=a.praw_form, combine=a.combine, beta=a.beta)
-
-    def _finish_round(self, server_round: int, record: dict, accepted: list[ValidatedUpdate],
-                      weights: np.ndarray) -> None:
-        self.state.last_round = server_round
-        sites = {r.site: {**r.metrics, "method": r.method, "weight": float(w), "bytes_up": r.nbytes}
-                 for r, w in zip(accepted, weights, strict=True)}
+    def _finish_round(self, server_round: int, record: dict, sites: dict[str, dict[str, Any]]) -> None:
+        ratios = [m["prune_ratio"] for m in sites.values()]
         record.update({
             "sites": sites,
-            "dense_bytes": self._round_dense_down + len(accepted) * self.dense_nbytes,
-            "mean_prune_ratio": float(np.mean([r.metrics["prune_ratio"] for r in accepted])) if accepted else 0.0,
-            "mean_loss": float(np.mean([r.metrics.get("loss", np.nan) for r in accepted])) if accepted else float("nan"),
+            "mean_prune_ratio": float(np.mean(ratios)) if ratios else 0.0,
+            "mean_loss": float(np.mean([m.get("loss", np.nan) for m in sites.values()])) if sites else float("nan"),
         })
+        self._sync_state(server_round)
         if self.recorder:
             self.recorder.log("train", server_round, **record)
         if self.on_round_end:
@@ -339,10 +308,15 @@ class FedReIDStrategy(FedAvg):
     # ---- evaluate ------------------------------------------------------------------------
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
+        """The global model itself is evaluated (and each site's personalised one from it),
+        so it goes out whole: in ``codec.value_dtype``, or as the initial model's digest."""
         config["server-round"] = server_round
-        record = arrays_to_record(encode_sparse(self.state.global_state, {}))
-        content = RecordDict({"arrays": record, "config": ConfigRecord(dict(config))})
-        return [Message(content=content, message_type=MessageType.EVALUATE, dst_node_id=n)
+        if self._seeded(server_round):
+            record = arrays_to_record(encode_initial(self.initial_digest))
+        else:
+            record = arrays_to_record(encode_dense(self.state.global_state, self.cfg.codec.value_dtype))
+        return [Message(content=RecordDict({"arrays": record, "config": ConfigRecord(dict(config))}),
+                        message_type=MessageType.EVALUATE, dst_node_id=n)
                 for n in self._sample(grid, 1.0)]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -353,8 +327,7 @@ class FedReIDStrategy(FedAvg):
             if msg.has_error():
                 failures.append({"node": node, "reason": f"error {msg.error.code}: {msg.error.reason}"[:500]})
                 continue
-            meta = msg.content.config_records.get("meta")
-            site = str(meta["site"]) if meta and "site" in meta else f"node-{node}"
+            site = _meta(msg)[0] or f"node-{node}"
             self.state.node_site.setdefault(node, site)
             sites[site] = {k: float(v) for k, v in msg.content["metrics"].items()
                            if isinstance(v, (int, float))}
@@ -362,7 +335,8 @@ class FedReIDStrategy(FedAvg):
         for f in failures:
             log(WARNING, "evaluation failed at node %s: %s", f["node"], f["reason"])
         if self.recorder:
-            self.recorder.log("evaluate", server_round, sites=sites, failures=failures, **means)
+            self.recorder.log("evaluate", server_round, sites=sites, failures=failures, **means,
+                              **self._eval_bytes)
         return MetricRecord(means) if sites else None
 
     # ---- the round loop ------------------------------------------------------------------
@@ -371,15 +345,17 @@ class FedReIDStrategy(FedAvg):
               evaluate_config: ConfigRecord | None = None, evaluate_fn=None,
               start_round: int = 1) -> Result:
         """Flower's round loop with a start round (resume), per-site progress and deadlines."""
+        self.summary()
         result = Result()
         every = max(1, self.cfg.eval.every)
+        arrays = ArrayRecord()  # configure_train builds each site's own download
         if start_round == 1:
             self._evaluate(grid, 0, timeout, result)
         for rnd in range(start_round, num_rounds + 1):
-            arrays = arrays_to_record(self.state.global_state)
             msgs = list(self.configure_train(rnd, arrays, ConfigRecord(dict(train_config or {})), grid))
-            replies = self.exchange(grid, msgs, timeout, f"round {rnd} train")
-            _, metrics = self.aggregate_train(rnd, replies)
+            replies = self._exchange(grid, msgs, timeout, f"round {rnd} train", self._train)
+            new, metrics = self.aggregate_train(rnd, replies)
+            arrays = new if new is not None else arrays
             if metrics is not None:
                 result.train_metrics_clientapp[rnd] = metrics
             if rnd % every == 0 or rnd == num_rounds:
@@ -387,78 +363,37 @@ class FedReIDStrategy(FedAvg):
         result.arrays = arrays_to_record(self.state.global_state)
         return result
 
+    def _exchange(self, grid: Grid, msgs: list[Message], timeout: float, phase: str,
+                  ledger: _Phase) -> list[Message]:
+        """Exchange; sites that could not rebuild the seeded initial model get it sent."""
+        replies = self.delivery.exchange(grid, msgs, timeout, phase, self.state.node_site)
+        retry = {int(r.metadata.src_node_id) for r in replies
+                 if r.has_error() and INITIAL_MISMATCH in str(r.error.reason)}
+        if not retry:
+            return replies
+        log(INFO, "%s: %d site(s) hold another initial model; sending it", phase, len(retry))
+        record = arrays_to_record(encode_dense(self.state.global_state))
+        again = []
+        for msg in msgs:
+            if int(msg.metadata.dst_node_id) in retry:
+                config = ConfigRecord(dict(msg.content["config"]))
+                again.append(Message(RecordDict({"arrays": record, "config": config}),
+                                     message_type=msg.metadata.message_type,
+                                     dst_node_id=msg.metadata.dst_node_id))
+                ledger.down += record_nbytes(record)
+                ledger.dense += self.dense_nbytes
+        kept = [r for r in replies if int(r.metadata.src_node_id) not in retry]
+        return sorted(kept + self.delivery.exchange(grid, again, timeout, phase, self.state.node_site),
+                      key=lambda m: (self.delivery.name(int(m.metadata.src_node_id), self.state.node_site),
+                                     int(m.metadata.src_node_id)))
+
     def _evaluate(self, grid: Grid, rnd: int, timeout: float, result: Result) -> None:
         msgs = list(self.configure_evaluate(rnd, ArrayRecord(), ConfigRecord(), grid))
-        replies = self.exchange(grid, msgs, timeout, f"round {rnd} evaluate")
+        phase = _Phase(down=sum(record_nbytes(m.content["arrays"]) for m in msgs),
+                       dense=len(msgs) * self.dense_nbytes, sent=len(msgs))
+        replies = self._exchange(grid, msgs, timeout, f"round {rnd} evaluate", phase)
+        phase.up = sum(_arrays_nbytes(r) for r in replies if not r.has_error())
+        self._eval_bytes = {"bytes_down": phase.down, "bytes_up": phase.up, "dense_bytes": phase.dense}
         metrics = self.aggregate_evaluate(rnd, replies)
         if metrics is not None:
             result.evaluate_metrics_clientapp[rnd] = metrics
-
-    def _push(self, grid: Grid, messages: list[Message], phase: str) -> dict[str, Message]:
-        """Push; re-push (bounded by the node wait) what the SuperLink did not store yet.
-
-        A SuperLink silently refuses instructions for nodes it does not consider online
-        (``push_messages`` then returns fewer ids), e.g. right after start-up.
-        """
-        deadline = time.monotonic() + self.node_wait_s
-        todo = list(messages)
-        sent: dict[str, Message] = {}
-        while todo:
-            ids = set(grid.push_messages(todo))
-            for msg in todo:
-                if msg.metadata.message_id in ids:
-                    sent[msg.metadata.message_id] = msg
-            todo = [m for m in todo if m.metadata.message_id not in ids]
-            if not todo or time.monotonic() >= deadline:
-                break
-            log(INFO, "%s: %d instruction(s) not accepted yet; retrying", phase, len(todo))
-            time.sleep(1.0)
-        return sent
-
-    def exchange(self, grid: Grid, messages: list[Message], timeout: float, phase: str) -> list[Message]:
-        """Push, then pull replies as they arrive until all are in or ``timeout`` passes.
-
-        Replies generated by the SuperLink for a dead node carry the SuperLink as sender, so
-        each reply is attributed through the id of the instruction it answers.
-        """
-        if not messages:
-            return []
-        sent = self._push(grid, messages, phase)
-        pending = set(sent)
-        replies: list[Message] = []
-        deadline = time.monotonic() + timeout
-        total = len(pending)
-        if self.progress:
-            self.progress(phase, 0, total, "")
-        while pending and time.monotonic() < deadline:
-            for reply in grid.pull_messages(list(pending)):
-                mid = reply.metadata.reply_to_message_id
-                if mid not in pending:
-                    continue
-                pending.discard(mid)
-                node = int(sent[mid].metadata.dst_node_id)
-                if reply.has_error() and int(reply.metadata.src_node_id) != node:
-                    reply = Message(reply.error, reply_to=sent[mid])  # attribute to the site
-                replies.append(reply)
-                if self.progress:
-                    site = self.state.node_site.get(node, str(node))
-                    self.progress(phase, total - len(pending), total, site)
-            if pending:
-                time.sleep(0.2)
-        if pending:
-            log(WARNING, "%s: %d site(s) did not reply within %.0f s", phase, len(pending), timeout)
-        for msg in messages:  # never accepted by the SuperLink: fail them explicitly
-            if msg.metadata.message_id not in sent:
-                site = self.state.node_site.get(int(msg.metadata.dst_node_id), "?")
-                reason = f"site {site}: the SuperLink did not accept the instruction (node offline?)"
-                replies.append(Message(Error(code=ErrorCode.NODE_UNAVAILABLE, reason=reason), reply_to=msg))
-        for mid in pending:
-            site = self.state.node_site.get(int(sent[mid].metadata.dst_node_id), "?")
-            reason = f"site {site} did not reply within the round deadline ({timeout:.0f} s)"
-            replies.append(Message(Error(code=ErrorCode.REPLY_MESSAGE_UNAVAILABLE, reason=reason),
-                                   reply_to=sent[mid]))
-        # Arrival order and node ids are arbitrary; aggregate in site order so runs are
-        # reproducible (float sums depend on the order).
-        replies.sort(key=lambda m: (self.state.node_site.get(int(m.metadata.src_node_id), ""),
-                                    int(m.metadata.src_node_id)))
-        return replies

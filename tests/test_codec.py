@@ -10,12 +10,23 @@ from hypothesis.extra.numpy import array_shapes
 
 from fedreid.fl.accounting import serialized_nbytes
 from fedreid.fl.codec import (
+    INITIAL_KEY,
+    MaskMismatch,
     decode_masks,
     decode_sparse,
+    encode_dense,
+    encode_initial,
     encode_sparse,
+    initial_digest,
+    mask_digests,
+    npy_payload,
     npy_view,
+    pack_mask,
     split_encoded,
+    state_digest,
+    to_wire_values,
     validate_encoded,
+    values_f32,
 )
 
 F32 = np.float32
@@ -122,8 +133,10 @@ def test_encode_errors():
         encode_sparse({"w": w}, {"w": np.ones(4, bool)})
     with pytest.raises(ValueError, match="reserves"):
         encode_sparse({"a::b": w}, {})
-    with pytest.raises(ValueError, match="float16 range"):
+    with pytest.raises(ValueError, match="float16 range.*bfloat16"):
         encode_sparse({"w": w * 1e6}, {"w": np.ones((2, 2), bool)}, value_dtype="float16")
+    with pytest.raises(ValueError, match="bfloat16 range"):
+        encode_sparse({"w": w * 3.4e38}, {"w": np.ones((2, 2), bool)}, value_dtype="bfloat16")
     with pytest.raises(ValueError, match="only float"):
         encode_sparse({"n": np.ones(2, np.int64)}, {"n": np.ones(2, bool)})
 
@@ -284,3 +297,122 @@ def test_validator_accepts_finite_values_whose_sum_overflows():
     with np.errstate(over="ignore"):
         assert not np.isfinite(v.sum())  # the one-pass check overflows, falls back to min/max
     assert validate_encoded({**arrays, "conv.weight::values": v}, shapes_, declared) == []
+
+
+# ----- bfloat16 values, bitmaps the receiver holds, whole-state digests -------------------
+
+
+@FAST
+@given(shape=shapes, kind=mask_kinds, seed=seeds)
+def test_round_trip_bfloat16_is_torch_rounding(shape, kind, seed):
+    torch = pytest.importorskip("torch")
+    state, masks = state_and_masks(shape, kind, seed)
+    arrays = encode_sparse(state, masks, value_dtype="bfloat16")
+    assert arrays["conv.weight::values"].dtype == np.uint16  # bfloat16 bit patterns
+    assert validate_encoded(arrays, expected(state)) == []
+    out, _ = decode_sparse(arrays)
+    w = torch.from_numpy(np.asarray(state["conv.weight"]))
+    np.testing.assert_array_equal(out["conv.weight"], w.to(torch.bfloat16).float().numpy())
+    np.testing.assert_allclose(out["conv.weight"], state["conv.weight"], rtol=2**-8, atol=0)
+
+
+def test_bfloat16_rounds_half_to_even():
+    # 1 + 2**-8 lies halfway between bfloat16 neighbours 1 and 1 + 2**-7: ties go to even (1).
+    x = np.array([1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8)], np.float32)
+    bits = to_wire_values(x, "bfloat16")
+    np.testing.assert_array_equal(bits, np.array([0x3F80, 0x3F82, 0xBF80], np.uint16))
+
+
+def test_held_masks_travel_as_digests():
+    state, masks = state_and_masks((64, 32), "random", 11)
+    held = pack_mask(masks["conv.weight"])
+    full = encode_sparse(state, masks)
+    known = encode_sparse(state, masks, receiver_digests={"conv.weight": held.digest})
+    assert "conv.weight::bits" not in known and known["conv.weight::digest"].tobytes() == held.digest
+    # The 256-byte bitmap becomes an 8-byte digest (a bitmap under 8 bytes would not pay).
+    assert serialized_nbytes(full) - serialized_nbytes(known) == 256 - 8
+    assert mask_digests(full) == mask_digests(known) == {"conv.weight": held.digest}
+    out, out_masks = decode_sparse(known, known_masks={"conv.weight": masks["conv.weight"]})
+    np.testing.assert_array_equal(out["conv.weight"], state["conv.weight"])
+    np.testing.assert_array_equal(out_masks["conv.weight"], masks["conv.weight"])
+    assert validate_encoded(known, expected(state), known_masks={"conv.weight": held}) == []
+    # A changed mask is sent in full even if the receiver held the old one.
+    changed = {"conv.weight": ~masks["conv.weight"]}
+    assert "conv.weight::bits" in encode_sparse(state, changed,
+                                                receiver_digests={"conv.weight": held.digest})
+
+
+def test_out_of_step_masks_raise_never_zero_fill():
+    state, masks = state_and_masks((6, 5), "random", 12)
+    held = pack_mask(masks["conv.weight"])
+    known = encode_sparse(state, masks, receiver_digests={"conv.weight": held.digest})
+    other = masks["conv.weight"].copy()
+    other.flat[0] = not other.flat[0]
+    for bad in ({}, {"conv.weight": other}):
+        with pytest.raises(MaskMismatch, match="full bitmap") as err:
+            decode_sparse(known, known_masks=bad)
+        assert err.value.names == ("conv.weight",)
+    problems = validate_encoded(known, expected(state), known_masks={"conv.weight": other})
+    assert problems and "mask digest" in problems[0]
+    assert "no mask is held" in validate_encoded(known, expected(state))[0]
+
+
+def test_state_digest_is_stable_and_sensitive():
+    import subprocess
+    import sys
+
+    state = {"b": np.arange(5, dtype=np.int64), "a": np.linspace(0, 1, 7, dtype=F32).reshape(7, 1)}
+    d = state_digest(state)
+    assert state_digest(dict(reversed(list(state.items())))) == d
+    assert state_digest({**state, "a": state["a"].astype(">f4")}) == d  # byte order normalised
+    code = ("import numpy as np; from fedreid.fl.codec import state_digest; "
+            "print(state_digest({'a': np.linspace(0, 1, 7, dtype=np.float32).reshape(7, 1), "
+            "'b': np.arange(5, dtype=np.int64)}))")
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert other.stdout.strip() == d
+    changed = {**state, "a": state["a"].copy()}
+    changed["a"][3, 0] = np.nextafter(changed["a"][3, 0], F32(2))
+    assert state_digest(changed) != d
+    assert state_digest({**state, "a": state["a"].astype(np.float64)}) != d
+    assert state_digest({**state, "a": state["a"].reshape(1, 7)}) != d
+    assert state_digest({"c": state["a"], "b": state["b"]}) != d
+
+
+@pytest.mark.parametrize(
+    "arr",
+    [np.arange(6, dtype=F32).reshape(2, 3), np.array(5, np.int64), np.zeros((3, 0, 2), F32),
+     np.arange(7, dtype=np.float16), np.array([True, False]), np.arange(5, dtype=">i4"),
+     np.arange(3, dtype=np.uint16)],
+    ids=lambda a: f"{a.dtype}{a.shape}",
+)
+def test_npy_payload_is_np_save(arr):
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    assert npy_payload(arr) == buf.getvalue()
+    np.testing.assert_array_equal(npy_view(npy_payload(arr)), arr)
+
+
+@pytest.mark.parametrize("value_dtype", ["float32", "float16", "bfloat16"])
+def test_whole_downloads_in_half_precision_decode_and_are_refused_as_replies(value_dtype):
+    rng = np.random.default_rng(0)
+    state = {"w": rng.standard_normal((8, 3, 3, 3)).astype(F32), "b": rng.standard_normal(8).astype(F32),
+             "n": np.array(4, np.int64)}
+    enc = encode_dense(state, value_dtype)
+    assert ("w::values" in enc) == (value_dtype != "float32") and "b::dense" in enc and "n::dense" in enc
+    got, masks = decode_sparse(enc)
+    assert not masks and got["w"].dtype == F32 and got["n"] == 4
+    want = values_f32(to_wire_values(state["w"].reshape(-1), value_dtype)).reshape(8, 3, 3, 3)
+    np.testing.assert_array_equal(got["w"], want)
+    if value_dtype != "float32":
+        shapes = {k: v.shape for k, v in state.items()}
+        assert any("only downloads" in p for p in validate_encoded(enc, shapes))
+
+
+def test_initial_download_carries_only_the_digest():
+    digest = state_digest({"w": np.ones(3, F32)})
+    enc = encode_initial(digest)
+    assert set(enc) == {INITIAL_KEY} and enc[INITIAL_KEY].nbytes == 16
+    assert initial_digest(enc) == digest
+    assert initial_digest(encode_sparse({"w": np.ones(3, F32)}, {})) is None
+    with pytest.raises(ValueError, match="unrecognised"):
+        decode_sparse(enc)  # never silently an empty model

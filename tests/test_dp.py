@@ -1,4 +1,4 @@
-"""Central DP: client clipping against the download, per-element noise scale, ε accounting."""
+"""Central DP: client clipping, per-element noise scale, ε from dp_accounting (with sampling)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from fedreid.fl.dp import NoiseScale, add_noise, clip_to_download, gaussian_epsilon
+from fedreid.fl.privacy_ledger import RDP_ORDERS, PrivacyLedger, dp_epsilon
 
 
 def _state(rng, scale=1.0):
@@ -87,12 +88,67 @@ def test_noise_has_the_calibrated_std_and_spares_unreleased_elements():
     assert "bn.running_var" not in NoiseScale(state).scales()
 
 
-def test_epsilon_matches_the_rdp_formula_and_orders():
-    # z = 1, one release, δ = 1e-5: α* = 1 + sqrt(2 log 1e5), ε = α*/2 + log(1e5)/(α* - 1)
-    a = 1 + math.sqrt(2 * math.log(1e5))
-    assert gaussian_epsilon(1.0, 1, 1e-5) == pytest.approx(a / 2 + math.log(1e5) / (a - 1))
-    assert gaussian_epsilon(2.0, 10, 1e-5) < gaussian_epsilon(1.0, 10, 1e-5)
-    assert gaussian_epsilon(1.0, 20, 1e-5) > gaussian_epsilon(1.0, 10, 1e-5)
-    assert gaussian_epsilon(0.0, 3, 1e-5) == math.inf
+def _gaussian_rdp_epsilon(z: float, rounds: int, delta: float) -> float:
+    """Independent RDP accounting of ``rounds`` Gaussian mechanisms: RDP ``rounds*a/(2 z^2)``
+    at the ledger's orders, converted with Canonne-Kamath-Steinke / Asoodeh et al.'s bound."""
+    a = np.array(RDP_ORDERS, dtype=np.float64)
+    rdp = rounds * a / (2 * z**2)
+    return float(np.min(rdp + np.log1p(-1 / a) - np.log(delta * a) / (a - 1)))
+
+
+def _gaussian_exact_epsilon(z: float, rounds: int, delta: float) -> float:
+    """Exact ε of ``rounds`` composed Gaussian mechanisms (Balle & Wang 2018): one Gaussian
+    with multiplier z/sqrt(rounds); δ(ε) = Φ(1/(2s) − εs) − e^ε Φ(−1/(2s) − εs), s = z/√T."""
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+
+    s = z / math.sqrt(rounds)
+
+    def gap(eps):
+        return norm.cdf(1 / (2 * s) - eps * s) - math.exp(eps) * norm.cdf(-1 / (2 * s) - eps * s) - delta
+
+    return brentq(gap, 0.0, 100.0)
+
+
+@pytest.mark.parametrize("z, rounds", [(1.0, 1), (1.0, 20), (2.0, 50), (0.7, 5)])
+def test_full_participation_is_gaussian_composition(z, rounds):
+    rdp = dp_epsilon(z, 1e-5, [1.0] * rounds)
+    assert rdp == pytest.approx(_gaussian_rdp_epsilon(z, rounds, 1e-5), rel=1e-9)
+    assert gaussian_epsilon(z, rounds, 1e-5) == rdp
+    # PLD is tight: the exact Gaussian figure, below RDP's, which is below the old closed form.
+    exact = _gaussian_exact_epsilon(z, rounds, 1e-5)
+    assert dp_epsilon(z, 1e-5, [1.0] * rounds, accountant="pld") == pytest.approx(exact, rel=2e-3)
+    rho = rounds / (2 * z**2)
+    closed = rho * (1 + math.sqrt(math.log(1e5) / rho)) + math.log(1e5) / math.sqrt(math.log(1e5) / rho)
+    assert exact < rdp < closed
+
+
+def test_sampling_fewer_sites_amplifies():
+    full = dp_epsilon(1.0, 1e-5, [1.0] * 10)
+    half = dp_epsilon(1.0, 1e-5, [0.5] * 10)
+    tenth = dp_epsilon(1.0, 1e-5, [0.1] * 10)
+    assert tenth < half < full
+    assert dp_epsilon(1.0, 1e-5, [0.5] * 10, accountant="pld") < half  # PLD is the tighter
+    assert dp_epsilon(1.0, 1e-5, [1.0] * 5 + [0.5] * 5) < full
+    assert dp_epsilon(1.0, 1e-5, [0.5] * 20) > half  # more rounds, more ε
+    assert gaussian_epsilon(0.0, 3, 1e-5) == math.inf and dp_epsilon(1.0, 1e-5, []) == 0.0
     with pytest.raises(ValueError, match="delta"):
         gaussian_epsilon(1.0, 1, 1.5)
+    with pytest.raises(ValueError, match="sampling rate"):
+        dp_epsilon(1.0, 1e-5, [0.0])
+    with pytest.raises(ValueError, match="accountant"):
+        dp_epsilon(1.0, 1e-5, [1.0], accountant="moments")
+
+
+def test_ledger_records_rounds_and_round_trips():
+    ledger = PrivacyLedger(1.2)
+    ledger.record_round(sampled=4, population=8)
+    ledger.record_round(sampled=8, population=8)
+    assert ledger.rates == [0.5, 1.0]
+    assert ledger.epsilon(1e-5) == dp_epsilon(1.2, 1e-5, [0.5, 1.0])
+    again = PrivacyLedger.from_dict(ledger.to_dict())
+    assert again.epsilon(1e-5) == ledger.epsilon(1e-5)
+    with pytest.raises(ValueError, match="sampled=9"):
+        ledger.record_round(sampled=9, population=8)
+    with pytest.raises(ValueError, match="accountant"):
+        PrivacyLedger(1.0, accountant="gdp")

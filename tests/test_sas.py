@@ -236,3 +236,20 @@ def test_add_encoded_errors_name_the_site_and_leave_it_clean():
             acc.add_encoded(arrays, 0.75)
     acc.add_encoded(good[1], 0.75)
     np.testing.assert_array_equal(acc.result()["w"], np.array([2.5, 2.0, 5.0, 9.0], F32))
+
+
+def test_add_encoded_reads_held_masks_and_bfloat16():
+    from fedreid.fl.codec import decode_sparse, encode_sparse, pack_mask
+
+    g, states, masks = two_sites()
+    held = [{"w": pack_mask(m["w"])} for m in masks]
+    full, known = SasAccumulator(g), SasAccumulator(g)
+    for s, m, h, w in zip(states, masks, held, [0.25, 0.75], strict=True):
+        arrays = encode_sparse(s, m, value_dtype="bfloat16")
+        full.add(*decode_sparse(arrays), w)
+        brief = encode_sparse(s, m, value_dtype="bfloat16", receiver_digests={"w": h["w"].digest})
+        assert "w::bits" not in brief
+        known.add_encoded(brief, w, known_masks=h)
+    want, got = full.result(), known.result()
+    for k, v in want.items():
+        np.testing.assert_array_equal(got[k], v)

@@ -87,7 +87,7 @@ def test_sas_with_klpwa_matches_hand_computation():
     np.testing.assert_allclose(got, expected, rtol=1e-6)
     np.testing.assert_allclose(arrays["bn.running_mean"].numpy(), a1 * 2 + a2 * 3, rtol=1e-6)
     assert arrays["bn.num_batches_tracked"].numpy().dtype == np.int64
-    assert set(s.state.site_masks) == {"a", "b"}
+    assert set(s.flat.store.sites()) == {"a", "b"}
     assert metrics["sites"] == 2
 
 
@@ -119,7 +119,7 @@ def test_bad_reply_is_dropped_and_others_aggregated(kind):
     bad = reply(12, "bad", st, m, **cases[kind])
     arrays, metrics = s.aggregate_train(1, [good, bad])
     assert arrays is not None and metrics["sites"] == 1
-    assert "bad" not in s.state.site_masks and "good" in s.state.site_masks
+    assert s.flat.store.sites() == ["good"]
 
 
 def test_error_replies_and_all_bad_keep_global():
@@ -158,18 +158,19 @@ def test_configure_train_sends_each_site_its_personalised_sparse_model():
     s.state.node_site.update({11: "a", 12: "b"})  # admitted
     msgs = {msg.metadata.dst_node_id: msg for msg in s.configure_train(2, ArrayRecord(), ConfigRecord(), grid)}
     a, b = msgs[11].content["arrays"], msgs[12].content["arrays"]
-    assert "conv.weight::bits" in a and "conv.weight::dense" in b
+    # a's mask is held on both sides: its digest travels instead of the bitmap
+    assert "conv.weight::digest" in a and "conv.weight::bits" not in a and "conv.weight::dense" in b
     assert record_nbytes(a) < 0.5 * record_nbytes(b)
     assert msgs[11].content["config"]["server-round"] == 2
-    assert s._round_bytes_down == record_nbytes(a) + record_nbytes(b)
+    assert s._train.down == record_nbytes(a) + record_nbytes(b)
 
 
 @pytest.mark.parametrize("weighting", ["samples", "uniform", "cdw", "klpwa"])
 def test_weightings_sum_to_one(weighting):
     s = make_strategy(**{"agg.weighting": weighting})
     r = [reply(11, "a", site_state(1.0), {}, n=10), reply(12, "b", site_state(2.0), {}, n=30)]
-    accepted, _ = s._accept_train_replies(r)
-    w = s._weights(accepted)
+    s.aggregate_train(1, r)
+    w = np.array([s.flat.summary.weights[k] for k in ("a", "b")])
     assert w.sum() == pytest.approx(1.0)
     if weighting == "samples":
         np.testing.assert_allclose(w, [0.25, 0.75])

@@ -1,6 +1,9 @@
 """Numpy dicts ⇄ Flower ArrayRecords, and the bytes Flower actually sends for them.
 
 Shared by the coordinator and the sites: both ends of the wire use the same encoding.
+Records are built with :func:`fedreid.fl.codec.npy_payload` (the bytes ``Array(ndarray)``
+makes, copied once instead of twice); the coordinator reads replies with
+:func:`record_views` (read-only views of the received bytes, no ``np.load`` copies).
 """
 
 from __future__ import annotations
@@ -8,14 +11,35 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
+from fedreid.fl.codec import npy_payload, npy_view
+
+NUMPY_STYPE = "numpy.ndarray"
+
+
+def to_array(value: np.ndarray) -> Array:
+    """One Flower ``Array``, byte for byte what ``Array(ndarray)`` makes (0-d arrays stay 0-d)."""
+    a = np.asarray(value)
+    if a.dtype.kind not in "biuf" or a.dtype.names is not None:
+        return Array(np.asarray(a, order="C"))
+    return Array(dtype=str(a.dtype), shape=tuple(a.shape), stype=NUMPY_STYPE, data=npy_payload(a))
+
 
 def arrays_to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    # np.asarray keeps 0-d buffers (num_batches_tracked) 0-d; ascontiguousarray would not.
-    return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in arrays.items()})
+    return ArrayRecord({k: to_array(v) for k, v in arrays.items()})
 
 
 def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """Writable copies (what a site keeps and trains on)."""
     return {k: v.numpy() for k, v in record.items()}
+
+
+def record_views(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """Read-only views of the payloads; raises ValueError for arrays not sent as NumPy."""
+    bad = sorted(k for k, a in record.items() if a.stype != NUMPY_STYPE)
+    if bad:
+        raise ValueError(f"arrays {bad[:5]} are serialised as something other than "
+                         f"{NUMPY_STYPE!r}; sites must send NumPy arrays")
+    return {k: npy_view(a.data) for k, a in record.items()}
 
 
 def record_nbytes(record: ArrayRecord) -> int:

@@ -20,16 +20,19 @@ BN running statistics are not privatised: with DP on they stay on each site, and
 carries the downloaded ones back unchanged (:data:`LOCAL_SUFFIXES`), so they say nothing of the
 site and get no noise. What else it does not cover, stated in docs/choices.md: the aggregation weights (KLAW, PRAW) and
 the pruning masks are computed from local data and sent as they are; the (ε, δ) figure
-(:func:`gaussian_epsilon`, RDP of the Gaussian mechanism, no sampling amplification) is a
-guarantee for the model values given those.
+(:mod:`fedreid.fl.privacy_ledger`: ``dp_accounting``'s RDP or PLD accountant, amplified by
+subsampling when a round samples fewer sites than all) is a guarantee for the model values
+given those.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
+
+from fedreid.fl.privacy_ledger import dp_epsilon
 
 LOCAL_SUFFIXES = ("running_mean", "running_var")  # BN statistics: kept on the site under DP
 
@@ -118,17 +121,26 @@ def add_noise(
 
 
 def gaussian_epsilon(noise_multiplier: float, releases: int, delta: float) -> float:
-    """ε after ``releases`` Gaussian mechanisms of multiplier z (RDP, Mironov 2017).
+    """ε after ``releases`` rounds in which every site took part (no sampling amplification),
+    from ``dp_accounting``'s RDP accountant (:func:`fedreid.fl.privacy_ledger.dp_epsilon`;
+    a :class:`~fedreid.fl.privacy_ledger.PrivacyLedger` also credits rounds that sampled
+    fewer sites). ``inf`` when z = 0."""
+    if releases < 0:
+        raise ValueError(f"releases must be >= 0, got {releases}")
+    return dp_epsilon(noise_multiplier, delta, [1.0] * releases)
 
-    ``ε = min_α releases · α / (2 z²) + log(1/δ) / (α − 1)``; every site takes part in every
-    round, so there is no amplification by sampling. ``inf`` when z = 0.
-    """
-    if noise_multiplier <= 0 or releases <= 0:
-        return math.inf if releases > 0 else 0.0
-    if not 0 < delta < 1:
-        raise ValueError(f"delta must lie in (0, 1), got {delta}")
-    rho = releases / (2 * noise_multiplier**2)
-    # minimiser of rho*α + L/(α-1): α = 1 + sqrt(L/rho)
-    log_term = math.log(1 / delta)
-    alpha = 1 + math.sqrt(log_term / rho)
-    return rho * alpha + log_term / (alpha - 1)
+@dataclass(frozen=True)
+class GaussianNoise:
+    """The server's noise for one run: multiplier z, clipping norm C, and its generator."""
+
+    noise_multiplier: float
+    clipping_norm: float
+    rng: np.random.Generator
+
+
+def noise_in_place(values: np.ndarray, scale: np.ndarray, noise: GaussianNoise) -> float:
+    """``values += N(0, (z C s_j)^2)`` per element, drawn exactly as :func:`add_noise` draws
+    for one tensor (same generator calls, same float32 arithmetic); returns the largest std."""
+    std = (noise.noise_multiplier * noise.clipping_norm) * scale
+    values += noise.rng.standard_normal(scale.shape, dtype=np.float32) * std
+    return float(std.max(initial=0.0))

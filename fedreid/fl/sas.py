@@ -38,7 +38,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from fedreid.fl.codec import SparseTensor, split_encoded
+from fedreid.fl.codec import PackedMask, SparseTensor, split_encoded, values_f32
 
 INT_RULES = ("mean", "max")
 # Elements per block of the dense arithmetic: 1 MiB of float32 keeps the scratch block and
@@ -228,19 +228,27 @@ class SasAccumulator:
             self._fold_dense(acc, t, mask, acc.dtype.type(w))
         self._end_site(w)
 
-    def add_encoded(self, arrays: Mapping[str, np.ndarray], weight: float) -> dict[str, np.ndarray]:
+    def add_encoded(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        weight: float,
+        known_masks: Mapping[str, PackedMask | np.ndarray] | None = None,
+    ) -> dict[str, np.ndarray]:
         """Fold one site in from its ``encode_sparse`` arrays, never expanding them to dense.
 
         Same result as ``add(*decode_sparse(arrays), weight)``, bit for bit. Returns the
         site's masks (bool, True = kept; unpacked on the way), which a server keeps for the
         site's next download. Raises ValueError, leaving the accumulator untouched, on a
-        malformed reply.
+        malformed reply. ``known_masks``: the site's masks held here, for tensors it sent
+        with a digest instead of the bitmap. bfloat16 values are widened to float32 first.
         """
         site, w = self._start_site(weight)
         try:
-            dense, sparse = split_encoded(arrays)
+            dense, sparse = split_encoded(arrays, known_masks)
         except ValueError as exc:
             raise ValueError(f"site {site}: {exc}") from None
+        sparse = {k: sp._replace(values=values_f32(sp.values)) if sp.values.dtype == np.uint16
+                  else sp for k, sp in sparse.items()}
         self._check_keys(site, set(dense) | set(sparse))
         for key, t in dense.items():
             self._check_tensor(site, key, t.shape, t.dtype, masked=False)
