@@ -12,10 +12,10 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,audit]'
+	$(PY) -m pip install --quiet -e '.[dev,audit,analysis]'
 	touch $(STAMP)
 
 demo: install

@@ -10,11 +10,16 @@ from typing import Annotated
 
 import typer
 
+from cli.analyse import analyse_app
 from cli.audit import audit
+from cli.augment import augment as site_augment
+from cli.augment import styles as site_styles
 from cli.common import checked_dataset, console
 from cli.common import fail as _fail
+from cli.data_generate import generate as data_generate
 from cli.deploy import certs, keys_app, server_app, site_app
 from cli.index import index_app
+from cli.pretrain import check_model_init, pretrain
 from fedreid.config import ConfigError, config_to_yaml, load_config
 from fedreid.data.records import DataError
 
@@ -27,12 +32,17 @@ app = typer.Typer(
 data_app = typer.Typer(help="Benchmark data: generate synthetic-8, validate real folders.",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
+data_app.command("generate")(data_generate)
 app.add_typer(server_app, name="server")
 site_app.command("audit")(audit)
+site_app.command("augment")(site_augment)
+site_app.command("styles")(site_styles)
 site_app.add_typer(index_app, name="index")
 app.add_typer(site_app, name="site")
 app.add_typer(keys_app, name="keys")
+app.add_typer(analyse_app, name="analyse")
 app.command("certs")(certs)
+app.command("pretrain")(pretrain)
 
 Overrides = Annotated[list[str] | None, typer.Argument(help="Config overrides, key=value (see `fedreid config`).")]
 ConfigFile = Annotated[Path | None, typer.Option("--config", "-c", help="YAML file merged over the defaults.")]
@@ -87,10 +97,11 @@ def data_synth(
     scale: Annotated[float, typer.Option(help="Identity-count scale (1.0 = default benchmark).")] = 1.0,
     seed: Annotated[int, typer.Option(help="Random seed; same seed and arguments → identical files.")] = 0,
     size: Annotated[str, typer.Option(help="Base image size HxW.")] = "128x64",
-    sites: Annotated[str | None, typer.Option(help="Comma-separated subset of sites.")] = None,
+    sites: Annotated[str | None, typer.Option(help="Comma-separated subset of sites ('' for none: kinds only).")] = None,
+    kinds: Annotated[str, typer.Option(help="Optional site kinds to add: aerial, ir-video, clothes (comma-separated).")] = "",
     workers: Annotated[int, typer.Option(help="Processes used to render.")] = 2,
 ) -> None:
-    """Generate synthetic-8: eight sites mirroring the FedKLPR benchmark splits."""
+    """Generate synthetic-8: eight sites mirroring the FedKLPR benchmark splits (plus --kinds)."""
     from fedreid.data.synth import generate_synthetic8, render_spec_table
 
     hw = _parse_size(size)
@@ -98,10 +109,13 @@ def data_synth(
     try:
         with console.status("rendering synthetic-8…"):
             generate_synthetic8(out, scale=scale, seed=seed, size=hw,
-                                sites=sites.split(",") if sites else None, workers=workers)
+                                sites=None if sites is None else [s for s in sites.split(",") if s],
+                                kinds=[k for k in kinds.split(",") if k], workers=workers)
     except ValueError as exc:
         _fail(str(exc))
-    console.print(render_spec_table(scale, seed=seed), markup=False, highlight=False, soft_wrap=True)
+    console.print(render_spec_table(scale, seed=seed, kinds=[k for k in kinds.split(",") if k],
+                                    sites=None if sites is None else sites.split(",")),
+                  markup=False, highlight=False, soft_wrap=True)
     console.print(f"wrote {out} in {time.perf_counter() - started:.1f} s")
 
 
@@ -159,6 +173,7 @@ def sim(
     strategies = [s.strip() for s in (compare or strategy).split(",") if s.strip()]
     _load(overrides, config)  # fail fast on a bad override, before Ray starts
     try:
+        check_model_init(list(overrides or []), strategies, config)
         run_sim_command(list(overrides or []), strategies=strategies, data=data, resume=resume,
                         config_file=config, console=console)
     except (DataError, ConfigError, ValueError, FileNotFoundError) as exc:

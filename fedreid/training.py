@@ -26,6 +26,7 @@ from fedreid.data.store import ImageStore
 from fedreid.eval.protocols import EvalContext, RerankOptions, run_protocols
 from fedreid.methods import MethodSetup, ReidMethod, get_method
 from fedreid.models import autocast_context, make_grad_scaler, resolve_device, to_channels_last
+from fedreid.models.init_file import load_init_state
 from fedreid.optim import build_optimizer
 from fedreid.prune import MaskedParameters
 from fedreid.regularisers import RegulariserOptions, regulariser
@@ -67,7 +68,8 @@ def build_method(cfg: FedReIDConfig, method_name: str, train: ImageStore, device
 
 def initial_shared_state(cfg: FedReIDConfig, method_name: str) -> dict[str, np.ndarray]:
     """The shared part of method ``method_name``'s freshly built model (no data needed): the
-    global model a federation starts from, and what a site's admission signature describes."""
+    global model a federation starts from, and what a site's admission signature describes.
+    With ``model.init`` the values come from that file (a `fedreid pretrain` model)."""
     cls = get_method(method_name)
     options = cfg.method_options(method_name)
     with torch.random.fork_rng(devices=[]):
@@ -75,7 +77,12 @@ def initial_shared_state(cfg: FedReIDConfig, method_name: str) -> dict[str, np.n
         model = cls.build_model(options, cfg.model, (cfg.data.height, cfg.data.width))
     keys = cls.shared_keys(options, model)
     state = model.state_dict()
-    return {k: state[k].detach().cpu().numpy().copy() for k in keys}
+    fresh = {k: state[k].detach().cpu().numpy().copy() for k in keys}
+    if not cfg.model.init:
+        return fresh
+    run = (f"method {method_name}, model.arch={cls.arch(cfg.model)}, model.vit_depth={cfg.model.vit_depth}, "
+           f"size {cfg.data.height}x{cfg.data.width}")
+    return load_init_state(cfg.model.init, fresh, run)
 
 
 class LocalTrainer:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from fedreid.data.prompt_tokens import prompt_content, prompt_style
 from fedreid.data.records import Sample
 
 MODALITIES = ("visible", "infrared")
@@ -84,6 +85,8 @@ FIELDS: dict[str, Callable[[Sequence[Sample]], np.ndarray]] = {
     "clothes": _clothes,
     "geometry": _geometry,
     "attributes": _attributes,
+    "prompt_content": prompt_content,  # generated sites: the prompt's content words
+    "prompt_style": prompt_style,  # generated sites: the picture's style words
 }
 
 

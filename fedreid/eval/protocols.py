@@ -42,7 +42,7 @@ class RerankOptions:
     """
 
     method: str = "none"
-    kwf_weighting: str = "uniform"
+    kwf_weighting: str = "inv_dist_pow"
     kwf_top_m: int = 100
     kwf_k: int = 6
 
