@@ -10,6 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,38 @@ def backend_config(cfg: FedReIDConfig, num_sites: int) -> dict[str, Any]:
         init_args = {"num_cpus": cfg.sim.num_cpus or os.cpu_count() or 1,
                      "num_gpus": cfg.sim.num_gpus or (torch.cuda.device_count() if client_gpus else 0)}
     return {"client_resources": resources, "init_args": init_args}
+
+
+class _DropRunSimulationDeprecation(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (str(record.msg).startswith("DEPRECATED FEATURE")
+                    and "run_simulation" in " ".join(map(str, record.args or ())))
+
+
+@contextmanager
+def quiet_framework_notices() -> Iterator[None]:
+    """Silence exactly two notices a user of `fedreid sim` cannot act on.
+
+    Flower 1.41 marks ``run_simulation`` deprecated in favour of ``flwr run``, which starts the
+    apps in separate processes and loses what the simulation needs here (the in-process
+    ServerApp with its progress callback, the Ray backend options of ``sim.*``). Ray 2.x warns
+    that it will stop overriding ``CUDA_VISIBLE_DEVICES`` for actors asking for no GPU; opting
+    in now (``RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0``) would let CPU-only sites see GPUs, so the
+    current behaviour is kept and only the tip is dropped. Flower's INFO chatter is lowered
+    to WARNING for the duration.
+    """
+    flwr_logger = logging.getLogger("flwr")
+    level = flwr_logger.level
+    drop = _DropRunSimulationDeprecation()
+    flwr_logger.setLevel(logging.WARNING)
+    flwr_logger.addFilter(drop)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
+            yield
+    finally:
+        flwr_logger.removeFilter(drop)
+        flwr_logger.setLevel(level)
 
 
 def describe_methods(cfg: FedReIDConfig) -> str:
@@ -77,15 +112,10 @@ def simulate(cfg: FedReIDConfig, run_dir: Path, *, resume: bool = False,
 
         server_app = make_server_app(cfg, run_dir, resume=resume, progress=on_progress)
         client_app = make_client_app(cfg, state_dir=run_dir / "site-state")
-        flwr_logger = logging.getLogger("flwr")
-        level = flwr_logger.level
-        flwr_logger.setLevel(logging.WARNING)
-        try:
+        with quiet_framework_notices():
             run_simulation(server_app=server_app, client_app=client_app,
                            num_supernodes=len(sites), backend_name="ray",
                            backend_config=backend_config(cfg, len(sites)), verbose_logging=False)
-        finally:
-            flwr_logger.setLevel(level)
     return run_dir
 
 

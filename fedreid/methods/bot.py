@@ -26,12 +26,10 @@ from fedreid.models import IdentityHead
 
 @dataclass
 class BotOptions(MethodOptions):
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.1  # ε of the label-smoothed cross-entropy
     triplet_margin: float = 0.3  # <= 0 means soft margin
-    center_weight: float = 0.0005
-    center_lr: float = 0.5
-
-
+    center_weight: float = 0.0005  # weight of the centre loss
+    center_lr: float = 0.5  # SGD learning rate of the centres (their own optimiser, BoT)
 class BoTMethod(ReidMethod):
     name = "bot"
     supervised = True

@@ -25,14 +25,14 @@ from fedreid.pseudo_labels import cluster_pseudo_labels, site_neighbourhood
 @dataclass
 class CaprOptions(MethodOptions):
     eps: float = 0.5  # DBSCAN radius on the Jaccard distance
-    min_samples: int = 4
-    k1: int = 20
-    k2: int = 6
-    temperature: float = 0.07
-    intra_weight: float = 0.6
-    inter_weight: float = 0.7
+    min_samples: int = 4  # DBSCAN's core-point neighbourhood size
+    k1: int = 20  # k-reciprocal neighbours (the cap when adaptive_k)
+    k2: int = 6  # neighbours averaged in the query expansion
+    temperature: float = 0.07  # softmax temperature of the proxy memory
+    intra_weight: float = 0.6  # weight of the intra-camera proxy loss
+    inter_weight: float = 0.7  # weight of the inter-camera proxy loss
     momentum: float = 0.2  # memory keeps this fraction of its old value
-    hard_negatives: int = 50
+    hard_negatives: int = 50  # most similar proxies of other clusters in the inter-camera loss
     camera_centre: bool = True  # cluster per-camera-centred features (learns from random weights)
     outlier_instances: bool = True  # outliers train as one-image proxies instead of being dropped
     adaptive_k: bool = True  # shrink k1/k2 on small sites (fedreid.pseudo_labels.site_neighbourhood)

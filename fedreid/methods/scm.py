@@ -37,17 +37,15 @@ from fedreid.models import IdentityHead
 
 @dataclass
 class ScmOptions(MethodOptions):
-    id_weight: float = 1.0
-    triplet_weight: float = 1.0
-    center_weight: float = 0.0005
-    centroid_weight: float = 1.0
-    supcon_weight: float = 0.1
-    label_smoothing: float = 0.1
+    id_weight: float = 1.0  # label-smoothed CE on the BNNeck logits
+    triplet_weight: float = 1.0  # batch-hard triplet on the pooled feature
+    center_weight: float = 0.0005  # centre loss
+    centroid_weight: float = 1.0  # centroid triplet (CTL)
+    supcon_weight: float = 0.1  # supervised contrastive over the two views
+    label_smoothing: float = 0.1  # ε of the cross-entropy
     triplet_margin: float = 0.5  # <= 0 means soft margin (also the centroid triplet's)
-    supcon_temperature: float = 0.1
-    center_lr: float = 0.5
-
-
+    supcon_temperature: float = 0.1  # τ of SupCon (base τ 0.07)
+    center_lr: float = 0.5  # SGD learning rate of the centres
 class SCMMethod(ReidMethod):
     name = "scm"
     supervised = True

@@ -34,22 +34,20 @@ from fedreid.pseudo_labels import cluster_pseudo_labels, site_neighbourhood
 @dataclass
 class VitcOptions(MethodOptions):
     eps: float = 0.6  # DBSCAN radius on the Jaccard distance
-    min_samples: int = 4
-    k1: int = 20
-    k2: int = 6
+    min_samples: int = 4  # DBSCAN's core-point neighbourhood size
+    k1: int = 20  # k-reciprocal neighbours (the cap when adaptive_k)
+    k2: int = 6  # neighbours averaged in the query expansion
     adaptive_k: bool = True  # shrink k1/k2 on small sites, as capr
     camera_centre: bool = True  # cluster per-camera-centred embeddings, as capr
-    cluster_weight: float = 1.0
-    cluster_temperature: float = 0.05
+    cluster_weight: float = 1.0  # weight of the cluster-contrast loss
+    cluster_temperature: float = 0.05  # τ of the cluster-contrast loss
     cluster_momentum: float = 0.2  # old centre's weight in the hard-instance update
     camera_proxies: bool = True  # false: plain cluster contrast, no camera-aware memory
-    camera_weight: float = 1.0
-    camera_temperature: float = 0.05
+    camera_weight: float = 1.0  # weight of the camera-aware proxy loss
+    camera_temperature: float = 0.05  # τ of the proxy memory (CAP's β)
     inter_weight: float = 0.5  # CAP's inter-camera term, relative to the intra-camera one
-    proxy_momentum: float = 0.2
-    hard_negatives: int = 50
-
-
+    proxy_momentum: float = 0.2  # old proxy's weight in the memory update
+    hard_negatives: int = 50  # most similar proxies of other clusters in the inter-camera loss
 class ViTCMethod(ReidMethod):
     name = "vitc"
     supervised = False
