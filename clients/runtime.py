@@ -288,6 +288,9 @@ def handle_train(msg: Message, context: Context, base: FedReIDConfig | None = No
     reply_arrays, metrics = client.train_round(arrays, server_round,
                                                progress=_progress_logger(ident.name, server_round))
     save_state(context, ident, client.state, server_round)
+    if ident.state_dir:
+        for path in client.method.site_files(ident.state_dir / "files", server_round):
+            log(INFO, "site %s: wrote %s", ident.name, path)
     metrics["redone_round"] = float(redo)
     metrics["round_seconds"] = time.perf_counter() - started
     return _reply(msg, reply_arrays, metrics, ident, warnings)

@@ -223,3 +223,5 @@ def test_federated_rounds_train_compatibly_and_keep_the_transfer_local(tiny_root
     state = next(s for s in states if s.last_round == 2)
     net = upgrade_transfer(state.method, Bic2rOptions())  # round 2's download: model 0 → model 1
     assert net is not None and "anchors" in state.method
+    # the site wrote that transfer for `fedreid site index upgrade` beside its state
+    assert [p.name for p in (tmp_path / "s").rglob("transfer-*.pt2")] == ["transfer-r0-to-r1.pt2"]

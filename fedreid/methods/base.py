@@ -24,6 +24,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
@@ -145,6 +146,12 @@ class ReidMethod(ABC):
     # ---- federation hooks -----------------------------------------------------------------
     def on_download(self, global_state: Mapping[str, torch.Tensor]) -> None:  # noqa: B027
         """A new global model was loaded into ``self.model`` (before local training)."""
+
+    def site_files(self, folder: str | Path, server_round: int) -> list[Path]:
+        """Files the method writes for the site's operator after a round's training (e.g.
+        bic2r's gallery-upgrade transfer); the site's runtime passes ``<state>/files``.
+        Default: none."""
+        return []
 
     def crr_labels(self) -> np.ndarray | None:
         """Labels of the training images that cross-round recovery scores retrieval with

@@ -8,7 +8,6 @@ Pseudo-labels and the memory never leave the site.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +18,7 @@ from fedreid.data.batch import Batch, BatchSpec
 from fedreid.data.samplers import pk_batches
 from fedreid.losses import CameraProxyMemoryLoss
 from fedreid.methods.base import MethodOptions, MethodSetup, ReidMethod, StepOutput
+from fedreid.methods.clustering import KeepsClusterLabels
 from fedreid.pseudo_labels import cluster_pseudo_labels, site_neighbourhood
 
 
@@ -38,7 +38,7 @@ class CaprOptions(MethodOptions):
     adaptive_k: bool = True  # shrink k1/k2 on small sites (fedreid.pseudo_labels.site_neighbourhood)
 
 
-class CAPRMethod(ReidMethod):
+class CAPRMethod(KeepsClusterLabels, ReidMethod):
     name = "capr"
     supervised = False
     Options = CaprOptions
@@ -101,19 +101,3 @@ class CAPRMethod(ReidMethod):
         feats = F.normalize(out.embedding.detach(), dim=1)
         targets = torch.as_tensor(self.sample_proxy[batch.indices], device=feats.device)
         self.memory.update(feats, targets)
-
-    def crr_labels(self) -> np.ndarray | None:
-        # clusters span cameras (proxies do not): CRR's cross-camera score needs clusters
-        return self.cluster_labels if self.clustered else None
-
-    def local_state(self) -> dict[str, np.ndarray]:
-        state = super().local_state()
-        if self.clustered:
-            state["cluster_labels"] = self.cluster_labels.copy()
-        return state
-
-    def load_local_state(self, state: Mapping[str, np.ndarray]) -> None:
-        super().load_local_state(state)
-        if "cluster_labels" in state:
-            self.cluster_labels = np.asarray(state["cluster_labels"], dtype=np.int64)
-            self.clustered = True

@@ -59,6 +59,7 @@ from fedreid.data.store import ImageStore
 from fedreid.losses import TripletLoss, refined_soft_labels, soft_cross_entropy, soft_triplet_loss
 from fedreid.methods.base import MethodOptions, MethodSetup, ReidMethod, StepOutput
 from fedreid.methods.batches import eval_batches
+from fedreid.methods.clustering import KeepsClusterLabels
 from fedreid.models import IdentityHead
 from fedreid.pseudo_labels import cluster_pseudo_labels, site_neighbourhood
 
@@ -119,7 +120,7 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
         t.mul_(momentum).add_(s.detach(), alpha=1.0 - momentum)
 
 
-class DAPRHMethod(ReidMethod):
+class DAPRHMethod(KeepsClusterLabels, ReidMethod):
     name = "daprh"
     supervised = False
     Options = DaprhOptions
@@ -268,19 +269,3 @@ class DAPRHMethod(ReidMethod):
             self.teacher_classifier[:k].mul_(momentum).add_(
                 self.heads["classifier"].weight[:k].detach(), alpha=1.0 - momentum)
         self.ema_steps += 1
-
-    # ---- federation hooks and site state --------------------------------------------------
-    def crr_labels(self) -> np.ndarray | None:
-        return self.cluster_labels if self.clustered else None
-
-    def local_state(self) -> dict[str, np.ndarray]:
-        state = super().local_state()
-        if self.clustered:
-            state["cluster_labels"] = self.cluster_labels.copy()
-        return state
-
-    def load_local_state(self, state: Mapping[str, np.ndarray]) -> None:
-        super().load_local_state(state)
-        if "cluster_labels" in state:
-            self.cluster_labels = np.asarray(state["cluster_labels"], dtype=np.int64)
-            self.clustered = True

@@ -17,7 +17,6 @@ takes a local timm file).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +27,7 @@ from fedreid.data.batch import Batch, BatchSpec
 from fedreid.data.samplers import pk_batches
 from fedreid.losses import CameraProxyMemoryLoss, ClusterContrastMemory
 from fedreid.methods.base import MethodOptions, MethodSetup, ReidMethod, StepOutput
+from fedreid.methods.clustering import KeepsClusterLabels
 from fedreid.pseudo_labels import cluster_pseudo_labels, site_neighbourhood
 
 
@@ -48,7 +48,7 @@ class VitcOptions(MethodOptions):
     inter_weight: float = 0.5  # CAP's inter-camera term, relative to the intra-camera one
     proxy_momentum: float = 0.2  # old proxy's weight in the memory update
     hard_negatives: int = 50  # most similar proxies of other clusters in the inter-camera loss
-class ViTCMethod(ReidMethod):
+class ViTCMethod(KeepsClusterLabels, ReidMethod):
     name = "vitc"
     supervised = False
     Options = VitcOptions
@@ -118,18 +118,3 @@ class ViTCMethod(ReidMethod):
         self.clusters.update(feats, torch.as_tensor(self.sample_cluster[batch.indices], device=feats.device))
         if self.options.camera_proxies:
             self.proxies.update(feats, torch.as_tensor(self.sample_proxy[batch.indices], device=feats.device))
-
-    def crr_labels(self) -> np.ndarray | None:
-        return self.cluster_labels if self.clustered else None
-
-    def local_state(self) -> dict[str, np.ndarray]:
-        state = super().local_state()
-        if self.clustered:
-            state["cluster_labels"] = self.cluster_labels.copy()
-        return state
-
-    def load_local_state(self, state: Mapping[str, np.ndarray]) -> None:
-        super().load_local_state(state)
-        if "cluster_labels" in state:
-            self.cluster_labels = np.asarray(state["cluster_labels"], dtype=np.int64)
-            self.clustered = True
