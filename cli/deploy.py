@@ -527,8 +527,11 @@ class _SupernodeWatch:
         if not self.unregistered and ("Failed to activate SuperNode" in line or "Exit Code: 305" in line):
             self.unregistered = True
             pub = self.key.with_suffix(".pub").name if self.key else f"{self.site}.pub"
-            _error(f"the coordinator does not know this site's key: it was never registered, or was "
-                   f"unregistered. On the coordinator run `fedreid keys register {pub}`, then start this site again")
+            _error(f"the coordinator refused to activate this site's key. Either it does not know the key "
+                   f"(never registered, or unregistered): on the coordinator run `fedreid keys register {pub}`; "
+                   f"or a node with this key is still connected (another `site join` with it, or one stopped "
+                   f"less than a minute ago, which counts as connected until its heartbeats lapse): stop "
+                   f"it, wait a minute. Then start this site again")
             return False
         retrying = "Connection attempt failed" in line
         if (retrying and time.monotonic() - self.last_probe >= PROBE_EVERY_S) or "SSL/TLS handshake error" in line:
