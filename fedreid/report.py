@@ -45,25 +45,35 @@ def _last_round_records(records: list[dict], kind: str) -> dict[int, dict]:
 
 
 def run_curves(run_dir: Path) -> dict[str, Any]:
-    """Per-round mean mAP/Rank-1 and cumulative bytes of one run."""
+    """Per-round mean mAP/Rank-1 and cumulative bytes of one run.
+
+    Bytes count every model that travels: training (downloads and replies) and evaluation
+    (the broadcast of the model evaluated, and the replies); ``train_bytes`` and
+    ``eval_bytes`` split the total. The curve's point at round r counts everything up to and
+    including round r's evaluation."""
     records = load_records(run_dir)
     evals = _last_round_records(records, "evaluate")
     trains = _last_round_records(records, "train")
-    cum_up = cum_down = 0
-    cum_by_round = {0: 0}
-    for rnd, r in trains.items():
-        cum_up += int(r.get("bytes_up", 0))
-        cum_down += int(r.get("bytes_down", 0))
-        cum_by_round[rnd] = cum_up + cum_down
+    per_round: dict[int, int] = {}
+    sums = {"train_up": 0, "train_down": 0, "eval_up": 0, "eval_down": 0}
+    for phase, recs in (("train", trains), ("eval", evals)):
+        for rnd, r in recs.items():
+            up, down = int(r.get("bytes_up", 0)), int(r.get("bytes_down", 0))
+            sums[f"{phase}_up"] += up
+            sums[f"{phase}_down"] += down
+            per_round[rnd] = per_round.get(rnd, 0) + up + down
     rounds = list(evals)
+    cumulative = [sum(b for rnd, b in per_round.items() if rnd <= r) for r in rounds]
     return {
         "rounds": rounds,
         "mAP": [evals[r]["mean_mAP"] for r in rounds],
         "rank1": [evals[r]["mean_rank1"] for r in rounds],
         "personal_mAP": [evals[r].get("mean_personal_mAP", float("nan")) for r in rounds],
-        "bytes": [cum_by_round.get(r, cum_by_round[max(k for k in cum_by_round if k <= r)]) for r in rounds],
-        "bytes_up": cum_up,
-        "bytes_down": cum_down,
+        "bytes": cumulative,
+        "bytes_up": sums["train_up"] + sums["eval_up"],
+        "bytes_down": sums["train_down"] + sums["eval_down"],
+        "train_bytes": sums["train_up"] + sums["train_down"],
+        "eval_bytes": sums["eval_up"] + sums["eval_down"],
         "evals": evals,
         "trains": trains,
     }
@@ -109,7 +119,8 @@ def write_summary(run_dir: Path, title: str) -> str:
         markdown_table(headers, rows),
         f"\n- training rounds: {len(trains)}; failed or rejected site replies: {failures}",
         f"- bytes up: {curves['bytes_up']:,}; bytes down: {curves['bytes_down']:,}; "
-        f"total: {curves['bytes_up'] + curves['bytes_down']:,}",
+        f"total: {curves['bytes_up'] + curves['bytes_down']:,} (training {curves['train_bytes']:,}, "
+        f"evaluation {curves['eval_bytes']:,})",
         f"- dense-equivalent bytes: {sum(int(t.get('dense_bytes', 0)) for t in trains.values()):,}",
         f"- mean site sparsity after the last round: {last_train.get('mean_prune_ratio', 0.0):.3f}",
     ]
@@ -129,14 +140,16 @@ def compare_runs(runs: dict[str, Path], out_dir: Path) -> str:
     rows = []
     for name, c in curves.items():
         if not c["rounds"]:
-            rows.append([name, *["—"] * 7])
+            rows.append([name, *["—"] * 9])
             continue
         total = c["bytes_up"] + c["bytes_down"]
         reduction = (1 - total / base_bytes) if base_bytes else float("nan")
         rows.append([name, c["mAP"][0], c["mAP"][-1], c["rank1"][-1], c["personal_mAP"][-1],
-                     c["bytes_up"], c["bytes_down"], f"{100 * reduction:.1f}%" if name != base_name else "—"])
+                     c["bytes_up"], c["bytes_down"], c["train_bytes"], c["eval_bytes"],
+                     f"{100 * reduction:.1f}%" if name != base_name else "—"])
     headers = ["strategy", "mean mAP round 0", "mean mAP final", "mean Rank-1 final",
-               "personal mAP final", "bytes up", "bytes down", f"bytes saved vs {base_name}"]
+               "personal mAP final", "bytes up", "bytes down", "of which training", "of which evaluation",
+               f"bytes saved vs {base_name}"]
     per_site = _per_site_table(curves)
     text = "# Strategy comparison\n\n" + markdown_table(headers, rows) + "\n## Final mAP per site\n\n" + per_site
     (out_dir / "comparison.md").write_text(text)

@@ -50,7 +50,8 @@ def _fake_run(folder: Path, strategy: str, maps: list[float], up: int) -> Path:
         sites = {s: {"global_mAP": m, "global_rank1": m + 0.1, "personal_mAP": m, "personal_rank1": m}
                  for s in ("a", "b")}
         lines.append({"kind": "evaluate", "round": rnd, "sites": sites, "mean_mAP": m,
-                      "mean_rank1": m + 0.1, "mean_personal_mAP": m, "mean_personal_rank1": m})
+                      "mean_rank1": m + 0.1, "mean_personal_mAP": m, "mean_personal_rank1": m,
+                      "bytes_up": 0, "bytes_down": up // 2})
     (folder / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     return folder
 
@@ -59,10 +60,13 @@ def test_summary_comparison_and_plots(tmp_path):
     a = _fake_run(tmp_path / "fedklpr", "fedklpr", [0.1, 0.2, 0.3], up=100)
     b = _fake_run(tmp_path / "fedcapr", "fedcapr", [0.1, 0.25, 0.31], up=250)
     c = run_curves(a)
-    assert c["rounds"] == [0, 1, 2] and c["bytes"] == [0, 200, 400]
+    # evaluation broadcasts count too: 50 bytes a round here, beside 200 of training
+    assert c["rounds"] == [0, 1, 2] and c["bytes"] == [50, 300, 550]
+    assert (c["train_bytes"], c["eval_bytes"]) == (400, 150)
+    assert "(training 400, evaluation 150)" in write_summary(a, "t")
     assert "| **mean** | 0.1 | 0.3 |" in write_summary(a, "t")
     text = compare_runs({"fedklpr": a, "fedcapr": b}, tmp_path)
-    assert "60.0%" in text  # 400 vs 1000 bytes
+    assert "60.0%" in text  # 550 vs 1375 bytes
     for name in ("map_per_round.png", "bytes_per_round.png", "map_vs_bytes.png", "comparison.md"):
         assert (tmp_path / name).stat().st_size > 0
 
