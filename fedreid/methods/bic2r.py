@@ -57,8 +57,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedreid.data.batch import Batch, BatchSpec
-from fedreid.data.samplers import pk_batches
-from fedreid.losses import CrossEntropyLabelSmooth, TripletLoss
 from fedreid.losses.compat import (
     affinity_alpha,
     anti_forgetting,
@@ -68,7 +66,7 @@ from fedreid.losses.compat import (
     relation_distillation,
 )
 from fedreid.methods.base import MethodOptions, MethodSetup, ReidMethod, StepOutput
-from fedreid.models import IdentityHead
+from fedreid.methods.supervised import IdTriplet
 from fedreid.models.transfer_net import TransferNet
 
 UPGRADE_PREFIX = "upgrade."
@@ -95,7 +93,7 @@ class Bic2rOptions(MethodOptions):
     fusion_alpha: float = 1.0  # α written with the upgrade transfer: G = norm(α·T(G) + (1−α)·G)
 
 
-class Bic2rMethod(ReidMethod):
+class Bic2rMethod(IdTriplet, ReidMethod):
     name = "bic2r"
     supervised = True
     Options = Bic2rOptions
@@ -105,14 +103,10 @@ class Bic2rMethod(ReidMethod):
     def __init__(self, options: Bic2rOptions, model, setup: MethodSetup):
         super().__init__(options, model, setup)
         _check(options)
-        pids = np.unique(self.train_store.pids)
-        self.labels = np.searchsorted(pids, self.train_store.pids)
         self.dim = model.feat_dim
-        self.heads["classifier"] = IdentityHead(self.dim, len(pids)).to(self.device)
+        self.init_id_triplet(self.dim, options.label_smoothing, options.triplet_margin)
         self.heads["transfer_on"] = self._transfer().to(self.device)
         self.heads["transfer_no"] = self._transfer().to(self.device)
-        self.id_loss = CrossEntropyLabelSmooth(len(pids), epsilon=options.label_smoothing)
-        self.triplet = TripletLoss(margin=options.triplet_margin if options.triplet_margin > 0 else None)
         self.old: nn.Module | None = None  # the frozen download (this round's "old" model)
         self.old_classifier: nn.Module | None = None
         self.anchors: np.ndarray | None = None  # anchor features of the last downloaded model
@@ -127,20 +121,12 @@ class Bic2rMethod(ReidMethod):
         model = [p for p in self.model.parameters() if p.requires_grad]
         return [{"params": model}, {"params": list(self.heads.parameters())}]
 
-    def batches(self, rng: np.random.Generator) -> list[np.ndarray]:
-        return pk_batches(self.labels, self.setup.batch_size, self.setup.num_instances, rng)
-
     # ---- training -------------------------------------------------------------------------
     def training_step(self, batch: Batch) -> StepOutput:
-        targets = torch.as_tensor(self.labels[batch.indices], device=batch.images.device)
-        global_feat, bn_feat = self.model(batch.images)
-        global_feat, bn_feat = global_feat.float(), bn_feat.float()
-        logits = self.heads["classifier"](bn_feat)
-        l_id = self.id_loss(logits, targets)
-        l_tri = self.triplet(global_feat, targets)
-        total = l_id + l_tri
-        logs = {"loss_id": float(l_id.detach()), "loss_triplet": float(l_tri.detach()),
-                "train_acc": float((logits.argmax(1) == targets).float().mean())}
+        step = self.id_triplet(batch)
+        targets, bn_feat, logits = step.targets, step.bn_feat, step.logits
+        total = step.l_id + step.l_tri
+        logs = step.logs()
         if self.old is not None:
             compat, parts = self._compatibility(batch.images, bn_feat, logits, targets)
             total = total + compat

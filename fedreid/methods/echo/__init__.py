@@ -31,15 +31,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from torch import nn
 
 from fedreid.data.batch import Batch, BatchSpec
-from fedreid.data.samplers import pk_batches
-from fedreid.losses import CrossEntropyLabelSmooth, TripletLoss
 from fedreid.methods.base import MethodOptions, MethodSetup, ReidMethod, StepOutput
 from fedreid.methods.echo.mim import MaskedImageModelling, mim_pretrain
-from fedreid.models import IdentityHead, ReidNet
+from fedreid.methods.supervised import IdTriplet
+from fedreid.models import ReidNet
 from fedreid.models.eva import EVA_ARCHS, EvaBackbone, load_eva_file
 
 
@@ -54,7 +52,7 @@ class EchoOptions(MethodOptions):
     triplet_margin: float = 0.3  # <= 0 means soft margin
 
 
-class EchoMethod(ReidMethod):
+class EchoMethod(IdTriplet, ReidMethod):
     name = "echo"
     supervised = True
     Options = EchoOptions
@@ -90,11 +88,7 @@ class EchoMethod(ReidMethod):
                     f"{type(backbone).__name__}")
             self.heads["mim"] = MaskedImageModelling(backbone.embed_dim, backbone.patch).to(self.device)
         self.mim_done = options.mim_epochs == 0
-        pids = np.unique(self.train_store.pids)
-        self.labels = np.searchsorted(pids, self.train_store.pids)
-        self.heads["classifier"] = IdentityHead(model.feat_dim, len(pids)).to(self.device)
-        self.id_loss = CrossEntropyLabelSmooth(len(pids), epsilon=options.label_smoothing)
-        self.triplet = TripletLoss(margin=options.triplet_margin if options.triplet_margin > 0 else None)
+        self.init_id_triplet(model.feat_dim, options.label_smoothing, options.triplet_margin)
 
     def param_groups(self) -> list[dict]:
         # The MIM parts are trained by the pre-pass only.
@@ -112,20 +106,9 @@ class EchoMethod(ReidMethod):
         self.mim_done = True
         return {"mim_loss_first": losses[0], "mim_loss_last": losses[-1]}
 
-    def batches(self, rng: np.random.Generator) -> list[np.ndarray]:
-        return pk_batches(self.labels, self.setup.batch_size, self.setup.num_instances, rng)
-
     def training_step(self, batch: Batch) -> StepOutput:
-        targets = torch.as_tensor(self.labels[batch.indices], device=batch.images.device)
-        global_feat, bn_feat = self.model(batch.images)
-        global_feat, bn_feat = global_feat.float(), bn_feat.float()
-        logits = self.heads["classifier"](bn_feat)
-        l_id = self.id_loss(logits, targets)
-        l_tri = self.triplet(global_feat, targets)
-        return StepOutput(l_id + l_tri, {
-            "loss_id": float(l_id.detach()), "loss_triplet": float(l_tri.detach()),
-            "train_acc": float((logits.argmax(1) == targets).float().mean()),
-        }, embedding=bn_feat)
+        parts = self.id_triplet(batch)
+        return StepOutput(parts.l_id + parts.l_tri, parts.logs(), embedding=parts.bn_feat)
 
     def local_state(self) -> dict[str, np.ndarray]:
         return {**super().local_state(), "mim_done": np.array([int(self.mim_done)])}
