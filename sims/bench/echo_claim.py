@@ -20,7 +20,6 @@ Reports general / clothes-changing (cc) / same-clothes (sc) mAP and Rank-1; writ
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,8 +30,8 @@ from fedreid.data.split_images import SplitImages, load_split_images
 from fedreid.data.store import ImageStore
 from fedreid.methods.echo.fusion import fused_clothes_change
 from fedreid.runlog import markdown_table
-from fedreid.training import LocalTrainer, stream_seed
-from sims.bench.giqt_claim import ensure_kind
+from fedreid.training import LocalTrainer
+from sims.bench.claims import ensure_kind, train_epochs, write_claim
 
 METRICS = ("general_mAP", "cc_mAP", "cc_rank1", "sc_mAP")
 
@@ -61,11 +60,8 @@ def transfer_sets(images: SplitImages) -> dict[str, np.ndarray]:
 
 
 def train(images: SplitImages, overrides: list[str], epochs: int) -> LocalTrainer:
-    cfg = load_config(overrides)
-    trainer = LocalTrainer(cfg, images, "echo")
-    opt = trainer.optimizer()
-    for e in range(epochs):
-        trainer.train_epochs(1, seed=stream_seed(cfg.seed, images.name, e), epoch_offset=e, optimizer=opt)
+    trainer = LocalTrainer(load_config(overrides), images)
+    train_epochs(trainer, epochs)
     return trainer
 
 
@@ -133,10 +129,7 @@ def main() -> None:
     header = (f"clothes site, {args.epochs} fine-tuning epochs, MIM {args.mim_epochs} epochs, seed {args.seed}, "
               f"{args.size}, depth {args.depth}, overrides {args.overrides}")
     print(f"\n{header}\n\n{table}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "echo_claim.md").write_text(f"{header}\n\n{table}\n")
-    (out / "echo_claim.json").write_text(json.dumps(rows, indent=1))
+    out = write_claim(Path(args.out), "echo_claim", header, table, rows)
     plot(rows, out / "echo_claim.png")
     print(f"wrote {out}/echo_claim.md, .json, .png")
 

@@ -16,16 +16,14 @@ sites without metadata). The aerial site's altitude bins are its three drone lev
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
-from fedreid.config import load_config
 from fedreid.data.split_images import load_split_images
-from fedreid.data.synth import generate_synthetic8
 from fedreid.runlog import markdown_table
-from fedreid.training import LocalTrainer, stream_seed
+from sims.bench.claims import ensure_kind, write_claim
+from sims.bench.site_learning import train_variant
 
 VARIANTS = {
     "plain ViT": ["method.giqt.blocks=0"],
@@ -34,25 +32,6 @@ VARIANTS = {
     "GIQT (regressor)": ["method.giqt.regressor=true", "method.giqt.source=regressor"],
 }
 BINS = ("alt0", "alt1", "alt2")
-
-
-def ensure_kind(root: Path, kind: str, size: tuple[int, int]) -> Path:
-    """The generated site ``kind`` under ``root`` (rendered on first use)."""
-    if not (root / kind / "meta.json").is_file():
-        print(f"generating the {kind} site into {root}", flush=True)
-        generate_synthetic8(root, sites=[], kinds=[kind], size=size, workers=1)
-    return root / kind
-
-
-def run(images, overrides: list[str], epochs: int) -> dict[str, float]:
-    cfg = load_config(overrides)
-    trainer = LocalTrainer(cfg, images, "giqt")
-    before = trainer.evaluate()
-    opt = trainer.optimizer()
-    for e in range(epochs):
-        trainer.train_epochs(1, seed=stream_seed(cfg.seed, images.name, e), epoch_offset=e, optimizer=opt)
-    after = trainer.evaluate()
-    return {**after, "untrained_a2g_mAP": before["a2g_mAP"], "untrained_mAP": before["mAP"]}
 
 
 def plot(results: dict[str, list[dict]], path: Path) -> None:
@@ -99,7 +78,7 @@ def main() -> None:
     results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     for seed in (int(s) for s in args.seeds.split(",")):
         for variant, over in VARIANTS.items():
-            r = run(images, [*common, f"seed={seed}", *over], args.epochs)
+            r = train_variant(images, [*common, f"seed={seed}", *over], args.epochs)
             results[variant].append(r)
             print(f"seed {seed} {variant}: a2g mAP {r['untrained_a2g_mAP']:.4f} → {r['a2g_mAP']:.4f}, "
                   + ", ".join(f"{b} {r.get(f'a2g_mAP_{b}', float('nan')):.4f}" for b in BINS), flush=True)
@@ -116,10 +95,7 @@ def main() -> None:
     header = (f"aerial site, {args.epochs} epochs, seeds {args.seeds}, {args.size}, {args.vit} depth "
               f"{args.vit_depth}, overrides {args.overrides}; mean ± std over seeds")
     print(f"\n{header}\n\n{table}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "giqt_claim.md").write_text(f"{header}\n\n{table}\n")
-    (out / "giqt_claim.json").write_text(json.dumps(results, indent=1))
+    out = write_claim(Path(args.out), "giqt_claim", header, table, results)
     plot(results, out / "giqt_claim.png")
     print(f"wrote {out}/giqt_claim.md, .json, .png")
 

@@ -17,7 +17,6 @@ bin, after the last round; writes ``<out>/giqt_sharing.md`` and ``.json``.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +27,9 @@ from fedreid.data.split_images import load_split_images
 from fedreid.models.sharing import load_subset, state_subset
 from fedreid.runlog import markdown_table
 from fedreid.training import LocalTrainer, stream_seed
+from sims.bench.claims import ensure_kind, write_claim
 from sims.bench.echo_claim import subset
-from sims.bench.giqt_claim import BINS, ensure_kind
+from sims.bench.giqt_claim import BINS
 
 RULES = ("backbone+neck", "geometry-local")
 
@@ -89,10 +89,7 @@ def main() -> None:
     header = (f"aerial site split into {args.sites} sites, {args.rounds} rounds × 1 epoch, FedAvg of the shared "
               f"keys, {args.size}, {args.vit} depth {args.vit_depth}, overrides {args.overrides}")
     print(f"\n{header}\n\n{table}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "giqt_sharing.md").write_text(f"{header}\n\n{table}\n")
-    (out / "giqt_sharing.json").write_text(json.dumps(results, indent=1))
+    out = write_claim(Path(args.out), "giqt_sharing", header, table, results)
     print(f"wrote {out}/giqt_sharing.md, .json")
 
 

@@ -14,16 +14,14 @@ tracklet-level protocols infrared->visible and visible->infrared. Writes
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
-from fedreid.config import load_config
 from fedreid.data.split_images import load_split_images
 from fedreid.runlog import markdown_table
-from fedreid.training import LocalTrainer, stream_seed
-from sims.bench.giqt_claim import ensure_kind
+from sims.bench.claims import ensure_kind, write_claim
+from sims.bench.site_learning import train_variant
 
 PLAIN = ["method.lsmrl.semantic_tokens=0", "method.lsmrl.interaction=false", "method.lsmrl.modality_losses=false"]
 VARIANTS = {
@@ -33,16 +31,6 @@ VARIANTS = {
     "+ modality losses (full)": [],
 }
 METRICS = ("ir2v_mAP", "ir2v_rank1", "v2ir_mAP", "v2ir_rank1")
-
-
-def run(images, overrides: list[str], epochs: int) -> dict[str, float]:
-    cfg = load_config(overrides)
-    trainer = LocalTrainer(cfg, images, "lsmrl")
-    before = trainer.evaluate()
-    opt = trainer.optimizer()
-    for e in range(epochs):
-        trainer.train_epochs(1, seed=stream_seed(cfg.seed, images.name, e), epoch_offset=e, optimizer=opt)
-    return {**trainer.evaluate(), "untrained_ir2v_mAP": before["ir2v_mAP"]}
 
 
 def plot(results: dict[str, list[dict]], path: Path) -> None:
@@ -84,7 +72,7 @@ def main() -> None:
     results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     for seed in (int(s) for s in args.seeds.split(",")):
         for variant, over in VARIANTS.items():
-            r = run(images, [*common, f"seed={seed}", *over], args.epochs)
+            r = train_variant(images, [*common, f"seed={seed}", *over], args.epochs)
             results[variant].append(r)
             print(f"seed {seed} {variant}: " + ", ".join(f"{m} {r[m]:.4f}" for m in METRICS), flush=True)
     rows = [[variant, *(f"{np.mean([r[m] for r in runs]):.4f} ± {np.std([r[m] for r in runs]):.4f}"
@@ -95,10 +83,7 @@ def main() -> None:
     header = (f"ir-video site, {args.epochs} epochs, seeds {args.seeds}, {args.size}, {args.vit} depth "
               f"{args.vit_depth}, overrides {args.overrides}; mean ± std over seeds")
     print(f"\n{header}\n\n{table}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "lsmrl_ablation.md").write_text(f"{header}\n\n{table}\n")
-    (out / "lsmrl_ablation.json").write_text(json.dumps(results, indent=1))
+    out = write_claim(Path(args.out), "lsmrl_ablation", header, table, results)
     plot(results, out / "lsmrl_ablation.png")
     print(f"wrote {out}/lsmrl_ablation.md, .json, .png")
 

@@ -25,25 +25,18 @@ from fedreid.config.schema import SYNTHETIC8_SITES
 from fedreid.data.sources import ensure_data_root
 from fedreid.data.split_images import load_split_images
 from fedreid.runlog import markdown_table
-from fedreid.training import LocalTrainer, stream_seed
+from fedreid.training import LocalTrainer
+from sims.bench.claims import train_epochs
 
 
 def train_variant(images, overrides: list[str], epochs: int) -> dict[str, float]:
-    """Untrained and trained figures of one variant on one site."""
+    """Untrained and trained figures of one variant on one site: every metric of the trained
+    model's evaluation, the untrained one's as ``untrained_<metric>``, and the seconds."""
     cfg = load_config(overrides)
     trainer = LocalTrainer(cfg, images)
     before = trainer.evaluate()
-    opt = trainer.optimizer()
-    started = time.perf_counter()
-    for epoch in range(epochs):
-        trainer.train_epochs(1, seed=stream_seed(cfg.seed, images.name, epoch), epoch_offset=epoch,
-                             optimizer=opt)
-    seconds = time.perf_counter() - started
-    after = trainer.evaluate()
-    out = {"untrained_mAP": before["mAP"], "untrained_rank1": before["rank1"], "mAP": after["mAP"],
-           "rank1": after["rank1"], "seconds": seconds}
-    out.update({k: v for k, v in after.items() if k.startswith("rerank_")})
-    return out
+    seconds = train_epochs(trainer, epochs)
+    return {**trainer.evaluate(), **{f"untrained_{k}": v for k, v in before.items()}, "seconds": seconds}
 
 
 def variants_from(args: argparse.Namespace) -> dict[str, list[str]]:
