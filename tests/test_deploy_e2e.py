@@ -162,7 +162,8 @@ def test_operators_story_on_loopback(deployment):
     round1 = _train_records(run_dir)[0]
     assert sorted(round1["sites"]) == ["ilids", "market"]
     assert [f["site"] for f in round1["failures"]] == ["cuhk01"], round1["failures"]
-    assert re.search(r"round 1 train: cuhk01 failed .*\(\d of 3 in, 1 failed\)", dep.text("run"))
+    # `server run` prints the ServerApp's log as Flower streams it, after metrics.jsonl is written
+    dep.wait_log("run", r"round 1 train: cuhk01 failed .*\(\d of 3 in, 1 failed\)", 120, proc=runner)
     assert not re.search(r"round 1 train: 3 of 3 site\(s\) replied", dep.text("run"))
 
     restarted = time.monotonic()
