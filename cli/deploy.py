@@ -16,6 +16,7 @@ import secrets
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -43,6 +44,8 @@ DEFAULT_PORT = 9092  # public: the sites' Fleet API, through the proxy
 CONTROL_PORT = 9093  # loopback: the SuperLink itself (runs, keys, the ServerApp)
 SHOWN_PROBLEMS = 20  # `site check` lists this many problems, then counts the rest
 PROBE_EVERY_S = 10.0  # a retrying site re-checks the coordinator's protocol at most this often
+ACTIVATION_WAIT_S = 120.0  # a stopped node's key stays active until its heartbeats lapse (about a minute)
+ACTIVATION_RETRY_S = 10.0
 Control = Annotated[str, typer.Option(
     "--superlink", help="The coordinator's control address HOST:PORT: loopback only, so run this on the "
                         "coordinator (or through an SSH tunnel to it).")]
@@ -526,12 +529,6 @@ class _SupernodeWatch:
     def __call__(self, line: str) -> bool:
         if not self.unregistered and ("Failed to activate SuperNode" in line or "Exit Code: 305" in line):
             self.unregistered = True
-            pub = self.key.with_suffix(".pub").name if self.key else f"{self.site}.pub"
-            _error(f"the coordinator refused to activate this site's key. Either it does not know the key "
-                   f"(never registered, or unregistered): on the coordinator run `fedreid keys register {pub}`; "
-                   f"or a node with this key is still connected (another `site join` with it, or one stopped "
-                   f"less than a minute ago, which counts as connected until its heartbeats lapse): stop "
-                   f"it, wait a minute. Then start this site again")
             return False
         retrying = "Connection attempt failed" in line
         if (retrying and time.monotonic() - self.last_probe >= PROBE_EVERY_S) or "SSL/TLS handshake error" in line:
@@ -581,6 +578,7 @@ def site_join(
     check: Annotated[bool, typer.Option("--check/--no-check", help="Validate the data before joining.")] = True,
     flwr_home: Annotated[Path | None, typer.Option(help="Flower's folder for installed apps (default: <state-dir>/.flwr).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the flower-supernode command and exit.")] = False,
+    activation_wait: Annotated[float, typer.Option(help="Seconds to keep retrying while the coordinator refuses this site's key (it does so for about a minute after a node with the key stopped).")] = ACTIVATION_WAIT_S,
 ) -> None:
     """Run this site's SuperNode: it trains when the coordinator asks, on data that stays here."""
     from fedreid.methods import METHODS
@@ -604,6 +602,8 @@ def site_join(
         _fail(f"--device {device!r} is not auto, cpu, cuda, cuda:N or mps")
     if threads is not None and threads < 1:
         _fail(f"--threads {threads} must be at least 1")
+    if activation_wait < 0:
+        _fail(f"--activation-wait {activation_wait} must be 0 or more seconds")
     if not insecure and (root_certificates is None or not root_certificates.is_file()):
         _fail(f"--root-certificates {root_certificates} is not a file; copy the federation's ca.crt "
               "here (or --insecure for a test coordinator started with --insecure)")
@@ -652,6 +652,38 @@ def site_join(
     _show(cmd)
     if dry_run:
         return
-    watch = _SupernodeWatch(site, superlink, trust, key)
-    code = processes.run_watched(cmd, env=processes.flower_env(flwr_home or state / ".flwr"), on_line=watch)
-    raise typer.Exit(2 if watch.mismatch else code)
+    env = processes.flower_env(flwr_home or state / ".flwr")
+    raise typer.Exit(run_supernode(cmd, env, lambda: _SupernodeWatch(site, superlink, trust, key),
+                                   activation_wait=activation_wait))
+
+
+def run_supernode(cmd: list[str], env: dict[str, str], new_watch: Callable[[], _SupernodeWatch], *,
+                  activation_wait: float, retry_every: float = ACTIVATION_RETRY_S,
+                  sleep: Callable[[float], None] = time.sleep) -> int:
+    """Run the SuperNode; while the coordinator refuses to activate its key, start it again
+    for up to ``activation_wait`` seconds. A refused key is either unknown to the coordinator
+    or still held by a node it counts as connected (one stopped or killed less than a minute
+    ago, until its heartbeats lapse); the second clears by itself, so a restarted site rejoins
+    without its operator. Returns the exit code ``site join`` should end with."""
+    first_refusal: float | None = None
+    while True:
+        watch = new_watch()
+        code = processes.run_watched(cmd, env=env, on_line=watch)
+        if watch.mismatch:
+            return 2
+        if not watch.unregistered:
+            return code
+        now = time.monotonic()
+        first_refusal = now if first_refusal is None else first_refusal
+        pub = watch.key.with_suffix(".pub").name if watch.key else f"{watch.site}.pub"
+        if now - first_refusal >= activation_wait:
+            _error(f"the coordinator refused to activate this site's key for {now - first_refusal:.0f} s. Either it "
+                   f"does not know the key (never registered, or unregistered): on the coordinator run `fedreid "
+                   f"keys register {pub}`; or another node with this key is still connected (a second `site join` "
+                   f"with it): stop that one. Then start this site again (--activation-wait sets how long to retry)")
+            return code or 1
+        _warn(f"the coordinator refused to activate this site's key; a node stopped less than a minute ago holds "
+              f"it until its heartbeats lapse, so trying again in {retry_every:.0f} s (for up to "
+              f"{activation_wait:.0f} s). If the key was never registered: `fedreid keys register {pub}` on the "
+              "coordinator")
+        sleep(retry_every)

@@ -1,7 +1,8 @@
 """Round checkpoints: Flower has no resume, so the server saves what a restart needs.
 
 ``checkpoints/latest.pt`` holds the global model, every site's last mask, the node→site map,
-the finished round and the strategy's RNG state; it is written atomically after each round.
+the finished round, the privacy ledger's sampling rates (so a resumed run's ε counts the
+rounds before the crash) and the strategy's RNG state; it is written atomically after each round.
 A round is *committed* once its checkpoint is written: a resumed run continues after the
 last committed round, and records of later rounds (written before a crash could checkpoint
 them) are dropped so every round appears exactly once in ``metrics.jsonl``.
@@ -38,6 +39,7 @@ def save_checkpoint(run_dir: Path, state: StrategyState, rng: np.random.Generato
         "global_state": state.global_state,
         "site_masks": state.site_masks,
         "node_site": state.node_site,
+        "dp_rates": state.dp_rates,
         "rng": rng.bit_generator.state,
         **(extra or {}),
     }
@@ -57,7 +59,7 @@ def load_checkpoint(run_dir: Path) -> tuple[StrategyState, dict[str, Any], dict[
     blob = torch.load(path, map_location="cpu", weights_only=False)
     state = StrategyState(global_state=blob["global_state"], site_masks=blob["site_masks"],
                           node_site={int(k): v for k, v in blob["node_site"].items()},
-                          last_round=int(blob["round"]))
+                          last_round=int(blob["round"]), dp_rates=list(blob.get("dp_rates", [])))
     return state, blob["rng"], blob
 
 

@@ -67,24 +67,6 @@ def _train_records(run_dir: Path) -> list[dict]:
     return [r for r in load_records(run_dir) if r["kind"] == "train"] if (run_dir / "metrics.jsonl").exists() else []
 
 
-def _start_once_key_is_free(dep: LoopbackDeployment, site: str, timeout: float = 240) -> None:
-    """Start ``site`` with the key another node held until just now. The coordinator counts a
-    stopped node as connected until its heartbeats lapse and refuses a second activation of
-    the same key meanwhile (the site then exits, naming both causes); start it again until
-    it gets its node id."""
-    deadline = time.monotonic() + timeout
-    while True:
-        proc = dep.start_site(site)
-        dep.wait_log(site, r"SuperNode ID: \d+|Failed to activate SuperNode", 120, proc=None)
-        if re.search(r"SuperNode ID: \d+", dep.text(site)):
-            return
-        assert "a node with this key is still connected" in dep.text(site)
-        proc.wait(timeout=60)
-        dep.procs.pop(site)
-        assert time.monotonic() < deadline, f"{site}: its key was still refused after {timeout:.0f} s"
-        time.sleep(10)
-
-
 def _setup(dep: LoopbackDeployment, sites: list[str], extra_keys: tuple[str, ...] = ()) -> None:
     generate_synthetic8(dep.root / "data", scale=0.05, seed=0, size=(32, 16), sites=sites, min_test_ids=6,
                         workers=1)
@@ -133,8 +115,8 @@ def test_operators_story_on_loopback(deployment):
     timings["site started first: joined after coordinator start"] = time.monotonic() - started
 
     # 4. Refusals that say what to do.
-    rogue = dep.start_site("rogue", data="market")
-    assert rogue.wait(timeout=180) != 0
+    rogue = dep.start_site("rogue", data="market", extra=("--activation-wait", "15"))
+    assert rogue.wait(timeout=240) != 0
     assert "fedreid keys register rogue.pub" in dep.text("rogue")
     dep.procs.pop("rogue")
     plain = dep.cli("site", "join", "--site", "market", "--data", str(dep.root / "data" / "market"),
@@ -151,7 +133,8 @@ def test_operators_story_on_loopback(deployment):
                        "--run-dir", str(runs), *dep.control())
     dep.wait_log("run", r"registered for site 'cuhk01' but it claims to be 'cuhk01-impostor'", 600, proc=runner)
     dep.stop("cuhk01-impostor")
-    _start_once_key_is_free(dep, "cuhk01")
+    dep.start_site("cuhk01")  # while the impostor's node still holds the key, join retries by itself
+    dep.wait_log("cuhk01", r"SuperNode ID: \d+", 300)
     cuhk01_id = re.search(r"SuperNode ID: (\d+)", dep.text("cuhk01")).group(1)
     dep.wait_log("cuhk01", r"Receiving: train message", 900, proc=runner)
     dep.crash("cuhk01")

@@ -17,7 +17,7 @@ import urllib.request
 import pytest
 from typer.testing import CliRunner
 
-from cli.deploy import _SupernodeWatch
+from cli.deploy import _SupernodeWatch, run_supernode
 from cli.main import app as deploy_app
 from clients.faults import parse_faults
 from fedreid.data.synth import generate_synthetic8
@@ -157,12 +157,31 @@ def test_a_protocol_mismatch_is_named_both_ways(pki, listener):
     assert protocol_problem(closed_addr, None) is None  # down: not a mismatch, the site retries
 
 
-def test_an_unregistered_key_is_explained_once_with_the_command(capsys, tmp_path):
-    script = "echo 'ERROR : Exit Code: 305'; echo '[code: 2004] Failed to activate SuperNode.'; exit 1"
-    watch = _SupernodeWatch("market", "127.0.0.1:9", None, tmp_path / "keys" / "market.key")
-    code = processes.run_watched(["sh", "-c", script], env={"PATH": "/usr/bin:/bin"}, on_line=watch)
+REFUSED = "echo 'ERROR : Exit Code: 305'; echo '[code: 2004] Failed to activate SuperNode.'; exit 1"
+
+
+def test_a_key_refused_for_good_is_retried_then_explained_with_the_command(capsys, tmp_path):
+    waits: list[float] = []
+    code = run_supernode(["sh", "-c", REFUSED], {"PATH": "/usr/bin:/bin"},
+                         lambda: _SupernodeWatch("market", "127.0.0.1:9", None, tmp_path / "keys" / "market.key"),
+                         activation_wait=0.0, sleep=waits.append)
     out = capsys.readouterr().out
-    assert code == 1 and out.count("fedreid keys register market.pub") == 1
+    assert code == 1 and waits == [] and out.count("fedreid keys register market.pub") == 1
+
+
+def test_a_key_still_held_by_a_stopped_node_is_retried_until_it_is_free(capsys, tmp_path):
+    """The coordinator refuses a key for about a minute after its node stopped; the site
+    starts its SuperNode again (here: refused twice, then accepted) instead of exiting."""
+    tries = tmp_path / "tries"
+    script = (f"echo x >> {tries}; if [ $(wc -l < {tries}) -le 2 ]; then {REFUSED}; fi; "
+              "echo 'INFO : SuperNode ID: 42'; exit 0")
+    waits: list[float] = []
+    code = run_supernode(["sh", "-c", script], {"PATH": "/usr/bin:/bin"},
+                         lambda: _SupernodeWatch("market", "127.0.0.1:9", None, None),
+                         activation_wait=60.0, retry_every=5.0, sleep=waits.append)
+    out = capsys.readouterr().out
+    assert code == 0 and waits == [5.0, 5.0] and out.count("trying again in 5 s") == 2
+    assert "SuperNode ID: 42" in out
 
 
 def test_a_retrying_plain_site_against_tls_is_stopped_with_the_reason(pki, listener, capsys):

@@ -29,6 +29,7 @@ from fedreid.fl.codec import (
     state_digest,
 )
 from fedreid.fl.privacy_ledger import dp_epsilon
+from server.checkpoint import load_checkpoint, save_checkpoint
 from server.strategy import FedReIDStrategy, StrategyState
 from wire.records import record_nbytes, record_to_arrays
 
@@ -225,6 +226,19 @@ def test_dp_round_is_accounted_by_dp_accounting():
     record = s.recorder.log.call_args.kwargs
     assert record["dp_epsilon"] == pytest.approx(dp_epsilon(1.5, 1e-5, [1.0]))
     assert record["dp_noise_std_max"] > 0 and s.state.dp_rates == [1.0]
+
+
+def test_a_resumed_dp_run_keeps_counting_epsilon_from_the_checkpoint(tmp_path):
+    """The ledger's rates travel in the checkpoint: ε after a resume covers the rounds before it."""
+    overrides = {"dp.enabled": "true", "dp.noise_multiplier": 1.5, "dp.clipping_norm": 1.0}
+    s = make(**overrides)
+    first_round(s)
+    s._sync_state(1)
+    save_checkpoint(tmp_path, s.state, s.rng)
+    resumed = make(**overrides)
+    resumed.state = load_checkpoint(tmp_path)[0]
+    assert resumed.state.dp_rates == [1.0]
+    assert resumed.ledger.epsilon(1e-5) == pytest.approx(dp_epsilon(1.5, 1e-5, [1.0]))
 
 
 def test_adopting_a_checkpointed_state_restores_masks_and_global():
