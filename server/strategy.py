@@ -20,7 +20,7 @@ is :mod:`fedreid.fl`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any
@@ -364,13 +364,17 @@ class FedReIDStrategy(FedAvg):
         return result
 
     def _exchange(self, grid: Grid, msgs: list[Message], timeout: float, phase: str,
-                  ledger: _Phase) -> list[Message]:
-        """Exchange; sites that could not rebuild the seeded initial model get it sent."""
-        replies = self.delivery.exchange(grid, msgs, timeout, phase, self.state.node_site)
-        retry = {int(r.metadata.src_node_id) for r in replies
-                 if r.has_error() and INITIAL_MISMATCH in str(r.error.reason)}
+                  ledger: _Phase) -> Iterator[Message]:
+        """Exchange, yielding replies as they arrive (in site order); sites that could not
+        rebuild the seeded initial model get it sent, and their replies come last."""
+        retry: set[int] = set()
+        for reply in self.delivery.exchange(grid, msgs, timeout, phase, self.state.node_site):
+            if reply.has_error() and INITIAL_MISMATCH in str(reply.error.reason):
+                retry.add(int(reply.metadata.src_node_id))
+            else:
+                yield reply
         if not retry:
-            return replies
+            return
         log(INFO, "%s: %d site(s) hold another initial model; sending it", phase, len(retry))
         record = arrays_to_record(encode_dense(self.state.global_state))
         again = []
@@ -382,16 +386,13 @@ class FedReIDStrategy(FedAvg):
                                      dst_node_id=msg.metadata.dst_node_id))
                 ledger.down += record_nbytes(record)
                 ledger.dense += self.dense_nbytes
-        kept = [r for r in replies if int(r.metadata.src_node_id) not in retry]
-        return sorted(kept + self.delivery.exchange(grid, again, timeout, phase, self.state.node_site),
-                      key=lambda m: (self.delivery.name(int(m.metadata.src_node_id), self.state.node_site),
-                                     int(m.metadata.src_node_id)))
+        yield from self.delivery.exchange(grid, again, timeout, phase, self.state.node_site)
 
     def _evaluate(self, grid: Grid, rnd: int, timeout: float, result: Result) -> None:
         msgs = list(self.configure_evaluate(rnd, ArrayRecord(), ConfigRecord(), grid))
         phase = _Phase(down=sum(record_nbytes(m.content["arrays"]) for m in msgs),
                        dense=len(msgs) * self.dense_nbytes, sent=len(msgs))
-        replies = self._exchange(grid, msgs, timeout, f"round {rnd} evaluate", phase)
+        replies = list(self._exchange(grid, msgs, timeout, f"round {rnd} evaluate", phase))
         phase.up = sum(_arrays_nbytes(r) for r in replies if not r.has_error())
         self._eval_bytes = {"bytes_down": phase.down, "bytes_up": phase.up, "dense_bytes": phase.dense}
         metrics = self.aggregate_evaluate(rnd, replies)

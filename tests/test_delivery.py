@@ -90,7 +90,7 @@ def test_a_dead_site_is_counted_as_failed_not_as_replied(caplog):
     claims = {1: "market", 2: "cuhk01", 3: "ilids"}
     grid = InProcessGrid(site_app(claims, errors={2: int(ErrorCode.NODE_UNAVAILABLE)}), {n: {} for n in claims})
     d = delivery(list(claims.values()))
-    replies = d.exchange(grid, _instructions(claims), 5.0, "round 1 train", claims)
+    replies = list(d.exchange(grid, _instructions(claims), 5.0, "round 1 train", claims))
     assert [int(r.metadata.src_node_id) for r in replies] == [2, 3, 1]  # site order: cuhk01, ilids, market
     said = lines(caplog)
     assert any("cuhk01 failed" in s and "went offline" in s for s in said)
@@ -104,11 +104,45 @@ def test_a_silent_site_fails_at_the_deadline_named_by_site(caplog):
     claims = {1: "market", 2: "cuhk01"}
     grid = InProcessGrid(site_app(claims), {n: {} for n in claims})
     grid.dead.add(2)
-    replies = delivery(list(claims.values())).exchange(grid, _instructions(claims), 0.5, "round 2 train", claims)
+    replies = list(delivery(list(claims.values())).exchange(grid, _instructions(claims), 0.5, "round 2 train",
+                                                            claims))
     failed = [r for r in replies if r.has_error()]
     assert len(failed) == 1 and "site cuhk01: no reply within the deadline" in failed[0].error.reason
     assert int(failed[0].metadata.src_node_id) == 2
     assert not any("node 2" in s for s in lines(caplog))
+
+
+class TrickleGrid(InProcessGrid):
+    """Each pull hands over one reply, the highest node's first: ilids (3) overtakes cuhk01 (2)."""
+
+    def pull_messages(self, message_ids):
+        node_of = {m.metadata.message_id: int(m.metadata.dst_node_id) for m in self.sent}
+        ready = sorted((m for m in message_ids if m in self._replies), key=node_of.get)
+        return [self._replies.pop(ready[-1])] if ready else []
+
+
+def test_replies_are_yielded_in_site_order_as_soon_as_their_turn_comes():
+    """A reply is handed to the caller (folded, dropped) while later ones are still on the
+    way; one that overtook an earlier site waits for it, so the fold order is the sites'."""
+    claims = {1: "market", 2: "cuhk01", 3: "ilids"}
+    grid = TrickleGrid(site_app(claims), {n: {} for n in claims})
+    d = delivery(list(claims.values()))
+    d.sleep = lambda s: None
+    seen = []
+    for reply in d.exchange(grid, _instructions(claims), 5.0, "round 1 train", claims):
+        seen.append((int(reply.metadata.src_node_id), len(grid._replies)))
+    assert [node for node, _ in seen] == [2, 3, 1]  # cuhk01, ilids, market
+    assert seen[0][1] > 0  # cuhk01 was yielded before every reply had been pulled
+
+
+def test_instructions_the_superlink_refused_fail_in_their_site_order():
+    claims = {1: "market", 2: "cuhk01"}
+    grid = InProcessGrid(site_app(claims), {n: {} for n in claims})
+    grid.push_messages = lambda msgs: []  # nothing accepted (both offline)
+    d = delivery(list(claims.values()), node_wait=0.0)
+    replies = list(d.exchange(grid, _instructions(claims), 1.0, "round 1 train", claims))
+    assert [int(r.metadata.src_node_id) for r in replies] == [2, 1]
+    assert all("did not accept the instruction" in r.error.reason for r in replies)
 
 
 class SlowPullGrid(InProcessGrid):
@@ -130,7 +164,8 @@ class SlowPullGrid(InProcessGrid):
 def test_replies_that_arrived_during_a_slow_pull_are_not_failed():
     claims = {1: "market", 2: "cuhk01"}
     grid = SlowPullGrid(site_app(claims), {n: {} for n in claims}, block_s=0.6)
-    replies = delivery(list(claims.values())).exchange(grid, _instructions(claims), 0.3, "round 1 train", claims)
+    replies = list(delivery(list(claims.values())).exchange(grid, _instructions(claims), 0.3, "round 1 train",
+                                                            claims))
     assert [r.has_error() for r in replies] == [False, False] and grid.pulls == 2
 
 
@@ -138,7 +173,7 @@ def test_a_sites_warnings_reach_the_coordinators_log(caplog):
     caplog.set_level(logging.INFO, logger="flwr")
     claims = {1: "market"}
     grid = InProcessGrid(site_app(claims, warnings={1: "round 2 is being redone"}), {1: {}})
-    delivery(["market"]).exchange(grid, _instructions(claims), 5.0, "round 2 train", claims)
+    list(delivery(["market"]).exchange(grid, _instructions(claims), 5.0, "round 2 train", claims))
     assert "site market: round 2 is being redone" in lines(caplog)
 
 
