@@ -119,6 +119,25 @@ def simulate(cfg: FedReIDConfig, run_dir: Path, *, resume: bool = False,
     return run_dir
 
 
+def run_in_process(overrides: list[str], run_dir: Path) -> FedReIDConfig:
+    """One federation with the real ClientApp and strategy on an in-process grid (no Ray,
+    sites trained one after another): variants run this way differ only in their config.
+    ``overrides`` start with a strategy preset; the generated data is made on first use."""
+    from clients.app import make_client_app
+    from server.app import run_server
+    from sims.inprocess_grid import InProcessGrid, set_task_identity
+
+    set_task_identity()
+    cfg = load_config(overrides)
+    root = ensure_data_root(cfg.data.root, sites=cfg.data.sites, synth_scale=cfg.data.synth_scale,
+                            synth_seed=cfg.data.synth_seed)
+    cfg = replace(cfg, data=replace(cfg.data, root=str(root)))
+    grid = InProcessGrid(make_client_app(cfg, state_dir=run_dir / "site-state"),
+                         {i + 1: {"partition-id": i} for i in range(len(cfg.data.sites))})
+    run_server(grid, cfg, run_dir, node_wait_s=1)
+    return cfg
+
+
 def _data_root(cfg: FedReIDConfig, console: Console) -> Path:
     """The data folder; synthetic-8 is generated (and its table shown) on first use."""
     fresh = not Path(cfg.data.root).exists()

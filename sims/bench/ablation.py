@@ -12,17 +12,12 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
-from clients.app import make_client_app
-from fedreid.config import load_config
 from fedreid.config.presets import strategy_overrides
-from fedreid.data.sources import ensure_data_root
 from fedreid.report import run_curves
 from fedreid.runlog import markdown_table
-from server.app import run_server
-from sims.inprocess_grid import InProcessGrid, set_task_identity
+from sims.runner import run_in_process
 
 VARIANTS = {
     "FedKLPR (all on)": [],
@@ -43,15 +38,9 @@ def run_variants(variants: dict[str, list[str]], overrides: list[str], out: Path
     extra_columns = extra_columns or {}
     rows = []
     for name, switch in variants.items():
-        cfg = load_config([*strategy_overrides("fedklpr"), *overrides, *switch])
-        root = ensure_data_root(cfg.data.root, sites=cfg.data.sites, synth_scale=cfg.data.synth_scale,
-                                synth_seed=cfg.data.synth_seed)
-        cfg = replace(cfg, data=replace(cfg.data, root=str(root)))
         run_dir = out / name.replace(" ", "-").replace("(", "").replace(")", "").replace("=", "")
         started = time.perf_counter()
-        grid = InProcessGrid(make_client_app(cfg, state_dir=run_dir / "site-state"),
-                             {i + 1: {"partition-id": i} for i in range(len(cfg.data.sites))})
-        run_server(grid, cfg, run_dir, node_wait_s=1)
+        run_in_process([*strategy_overrides("fedklpr"), *overrides, *switch], run_dir)
         c = run_curves(run_dir)
         rows.append([name, c["mAP"][-1], c["rank1"][-1], c["personal_mAP"][-1],
                      c["bytes_up"] + c["bytes_down"], time.perf_counter() - started,
@@ -66,7 +55,6 @@ def main() -> None:
     p.add_argument("--out", default="")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
-    set_task_identity()
     out = Path(args.out or tempfile.mkdtemp(prefix="fedreid-ablation-"))
     table = run_variants(VARIANTS, args.overrides, out)
     print(f"\n{table}\nrun folders: {out}")

@@ -1,67 +1,162 @@
-"""FedKLPR against a dense baseline, same seed and rounds: every byte both ways, and mean mAP.
+"""FedKLPR against a dense baseline over several seeds: every byte both ways, and accuracy.
 
-    python -m sims.bench.communication [--baseline fedcapr] [overrides ...]
-    e.g. python -m sims.bench.communication method.name=bot data.height=64 data.width=32 fl.rounds=4
+    python -m sims.bench.communication [--seeds 0,1,2] [--variants fedklpr@float16,fedcapr@float32]
+                                       [--baseline fedcapr@float32] [--out DIR] [overrides ...]
+    e.g. python -m sims.bench.communication method.name=bot data.height=64 data.width=32 fl.rounds=20
 
-Runs both strategies with Flower's simulation engine (as `fedreid sim --compare`), then
-prints the bytes of every serialized array the coordinator sent and received — training
-and evaluation apart (evaluation broadcasts the global model itself, whole, in
-``codec.value_dtype``), each up and down — and the accuracy of each run.
+A variant is ``strategy@value_dtype`` (a preset of `fedreid config`, and ``codec.value_dtype``
+of every download, reply and evaluation broadcast). Each variant runs once per seed as an
+in-process federation (the real ClientApp and strategy, no Ray), the same overrides for all.
+Bytes count every serialized array the coordinator sent and received — training and
+evaluation, up and down. Writes ``runs.jsonl`` (one line per run, as it finishes),
+``communication.md`` (mean ± spread over seeds; the saving and the mAP gap against the
+baseline are taken per seed, then averaged) and ``communication.png`` (mean mAP against
+cumulative bytes).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
-from rich.console import Console
+import numpy as np
 
+from fedreid.config.presets import strategy_overrides
 from fedreid.report import load_records, run_curves
-from sims.runner import run_sim_command
+from fedreid.runlog import markdown_table
+from sims.runner import run_in_process
 
-PHASES = {"train": "training", "evaluate": "evaluation"}
+DIRECTIONS = ("train_up", "train_down", "eval_up", "eval_down")
+
+
+def parse_variant(text: str) -> tuple[str, str]:
+    strategy, _, dtype = text.partition("@")
+    strategy_overrides(strategy)  # fails naming the presets
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise SystemExit(f"variant {text!r}: write STRATEGY@DTYPE with DTYPE float32, float16 or bfloat16")
+    return strategy, dtype
 
 
 def byte_ledger(run_dir: Path) -> dict[str, int]:
-    """Bytes by phase and direction (``training_up``, ..., ``total``) from a run's records;
-    the last record of a round counts (a resumed run may repeat one)."""
+    """Bytes by phase and direction, and ``total``; the last record of a round counts (a
+    resumed run may repeat one)."""
     last: dict[tuple[str, int], dict] = {}
     for r in load_records(run_dir):
-        if r.get("kind") in PHASES:
+        if r.get("kind") in ("train", "evaluate"):
             last[(r["kind"], int(r["round"]))] = r
-    out = {f"{phase}_{d}": 0 for phase in PHASES.values() for d in ("up", "down")}
+    out = dict.fromkeys(DIRECTIONS, 0)
     for (kind, _), r in last.items():
+        phase = "train" if kind == "train" else "eval"
         for d in ("up", "down"):
-            out[f"{PHASES[kind]}_{d}"] += int(r.get(f"bytes_{d}", 0))
+            out[f"{phase}_{d}"] += int(r.get(f"bytes_{d}", 0))
     out["total"] = sum(out.values())
     return out
 
 
+def run_row(variant: str, seed: int, run_dir: Path, seconds: float) -> dict[str, Any]:
+    """One run's figures: final accuracy, bytes, CRR restores and halts, the curve."""
+    c = run_curves(run_dir)
+    trains = c["trains"].values()
+    return {
+        "variant": variant, "seed": seed, "seconds": seconds,
+        "mAP": c["mAP"][-1], "rank1": c["rank1"][-1], "personal_mAP": c["personal_mAP"][-1],
+        **byte_ledger(run_dir),
+        "crr_restores": int(sum(m.get("crr_restored", 0) for r in trains for m in r["sites"].values())),
+        "crr_halted_sites": int(sum(m.get("crr_halted", 0) for m in list(trains)[-1]["sites"].values()))
+        if trains else 0,
+        "final_prune_ratio": list(trains)[-1]["mean_prune_ratio"] if trains else 0.0,
+        "curve": {"rounds": c["rounds"], "mAP": c["mAP"], "bytes": c["bytes"]},
+    }
+
+
+def spread(values: list[float], scale: float = 1.0, digits: int = 4) -> str:
+    """``mean ± sd`` (sample sd) of ``values × scale``."""
+    v = np.asarray(values, float) * scale
+    sd = float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+    return f"{np.mean(v):.{digits}g} ± {sd:.2g}"
+
+
+def summary_table(rows: list[dict[str, Any]], baseline: str) -> str:
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    base = {r["seed"]: r for r in rows if r["variant"] == baseline}
+    table = []
+    for variant in variants:
+        mine = [r for r in rows if r["variant"] == variant]
+        paired = [(r, base[r["seed"]]) for r in mine if r["seed"] in base]
+        saved = [100 * (1 - r["total"] / b["total"]) for r, b in paired]
+        gap = [100 * (r["mAP"] - b["mAP"]) for r, b in paired]
+        table.append([
+            variant, len(mine), spread([r["mAP"] for r in mine]), spread([r["rank1"] for r in mine]),
+            spread([r["personal_mAP"] for r in mine]),
+            *(f"{np.mean([r[d] for r in mine]) / 1e6:,.1f}" for d in (*DIRECTIONS, "total")),
+            spread(saved, digits=3) if variant != baseline else "—",
+            spread(gap, digits=2) if variant != baseline else "—",
+            f"{np.mean([r['crr_restores'] for r in mine]):.1f}",
+            f"{np.mean([r['final_prune_ratio'] for r in mine]):.2f}",
+        ])
+    return markdown_table(["variant", "seeds", "mean mAP", "mean Rank-1", "personal mAP", "train up MB",
+                           "train down MB", "eval up MB", "eval down MB", "total MB",
+                           f"bytes saved vs {baseline} %", "mAP gap, points", "CRR restores",
+                           "final sparsity"], table)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        curves = [r["curve"] for r in rows if r["variant"] == variant]
+        size = min(len(c["mAP"]) for c in curves)
+        bytes_ = np.mean([c["bytes"][:size] for c in curves], axis=0) / 1e6
+        maps = np.array([c["mAP"][:size] for c in curves])
+        ax.errorbar(bytes_, maps.mean(axis=0), yerr=maps.std(axis=0), marker="o", capsize=3, label=variant)
+    ax.set_xlabel("cumulative MB, training + evaluation, up + down")
+    ax.set_ylabel("mean mAP over sites (± sd over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--baseline", default="fedcapr")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--variants", default="fedklpr@float16,fedklpr@float32,fedcapr@float32")
+    p.add_argument("--baseline", default="fedcapr@float32")
+    p.add_argument("--out", default="")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
-    console = Console()
-    base = run_sim_command(args.overrides, strategies=["fedklpr", args.baseline], data=None, resume=None,
-                           config_file=None, console=console)
-    runs = {"fedklpr": base / "fedklpr", args.baseline: base / args.baseline}
-    ledgers = {name: byte_ledger(path) for name, path in runs.items()}
-    curves = {name: run_curves(path) for name, path in runs.items()}
-    print(f"\nrun folder: {base}")
-    keys = list(ledgers["fedklpr"])
-    print(f"{'MB':<10}" + "".join(f"{k:>16}" for k in keys))
-    for name, ledger in ledgers.items():
-        print(f"{name:<10}" + "".join(f"{ledger[k] / 1e6:>16.2f}" for k in keys))
-    ours, dense = ledgers["fedklpr"], ledgers[args.baseline]
-    saved = {k: 100 * (1 - ours[k] / dense[k]) for k in keys if dense[k]}
-    print(f"{'saved %':<10}" + "".join(f"{saved[k]:>16.1f}" if k in saved else f"{'—':>16}" for k in keys))
-    a, b = curves["fedklpr"], curves[args.baseline]
-    print(f"final mean mAP: fedklpr {a['mAP'][-1]:.4f}  {args.baseline} {b['mAP'][-1]:.4f}  "
-          f"(Δ {100 * (a['mAP'][-1] - b['mAP'][-1]):+.2f} points)")
-    print(f"final mean Rank-1: fedklpr {a['rank1'][-1]:.4f}  {args.baseline} {b['rank1'][-1]:.4f}")
-    print(f"final personalised mAP: fedklpr {a['personal_mAP'][-1]:.4f}  "
-          f"{args.baseline} {b['personal_mAP'][-1]:.4f}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    variants = list(dict.fromkeys([*args.variants.split(","), args.baseline]))
+    parsed = {v: parse_variant(v) for v in variants}
+    out = Path(args.out or tempfile.mkdtemp(prefix="fedreid-communication-"))
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for seed in seeds:
+        for variant, (strategy, dtype) in parsed.items():
+            run_dir = out / f"{strategy}-{dtype}-seed{seed}"
+            started = time.perf_counter()
+            run_in_process([*strategy_overrides(strategy), *args.overrides, f"codec.value_dtype={dtype}",
+                            f"seed={seed}"], run_dir)
+            rows.append(run_row(variant, seed, run_dir, time.perf_counter() - started))
+            with (out / "runs.jsonl").open("a") as f:
+                f.write(json.dumps(rows[-1]) + "\n")
+            print(f"{variant} seed {seed}: mAP {rows[-1]['mAP']:.4f}, {rows[-1]['total'] / 1e6:,.1f} MB, "
+                  f"{rows[-1]['seconds']:.0f} s", flush=True)
+    table = summary_table(rows, args.baseline)
+    header = (f"# FedKLPR vs dense, {len(seeds)} seed(s)\n\noverrides: `{' '.join(args.overrides)}`\n\n"
+              "mean ± sd over seeds; saving and gap are per seed against the baseline, then averaged.")
+    (out / "communication.md").write_text(f"{header}\n\n{table}\n")
+    plot(rows, out / "communication.png")
+    print(f"\n{table}\n\nresults: {out}")
 
 
 if __name__ == "__main__":
