@@ -7,7 +7,8 @@ so a crashed or resumed run still summarises correctly.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,11 +125,44 @@ def write_summary(run_dir: Path, title: str) -> str:
         f"- dense-equivalent bytes: {sum(int(t.get('dense_bytes', 0)) for t in trains.values()):,}",
         f"- mean site sparsity after the last round: {last_train.get('mean_prune_ratio', 0.0):.3f}",
     ]
+    protocols = protocol_table(first["sites"], last["sites"], final)
+    if protocols:
+        lines += ["\n## Each site's own protocol\n", protocols]
     refused = {r["site"]: r["refused"] for r in load_records(run_dir) if r.get("kind") == "admission"}
     lines += [f"- refused at admission: {site}: {why}" for site, why in refused.items()]
     text = "\n".join(lines) + "\n"
     (Path(run_dir) / "summary.md").write_text(text)
     return text
+
+
+PROTOCOL_NAMES = {
+    "a2g": "aerial→ground", "g2a": "ground→aerial", "ir2v": "infrared→visible", "v2ir": "visible→infrared",
+    "general": "clothes: general", "cc": "clothes: changing", "sc": "clothes: same", "occ": "occluded queries",
+}
+_PROTOCOL_KEY = re.compile(r"^global_([a-z0-9]+)_mAP$")
+
+
+def site_protocols(metrics: Mapping[str, Any]) -> list[str]:
+    """The protocol prefixes a site reported beside plain single-query figures (``a2g``,
+    ``cc``...: each set-up's own evaluation), in the order of :data:`PROTOCOL_NAMES`."""
+    found = {m.group(1) for k in metrics if (m := _PROTOCOL_KEY.match(k)) and m.group(1) != "rerank"}
+    return sorted(found, key=lambda p: (list(PROTOCOL_NAMES).index(p) if p in PROTOCOL_NAMES else 99, p))
+
+
+def protocol_table(first: Mapping[str, Mapping[str, Any]], last: Mapping[str, Mapping[str, Any]],
+                   final: int) -> str:
+    """One row per (site, protocol) for sites evaluated with their set-up's protocol; "" if none."""
+    rows = []
+    for site in sorted(last):
+        for p in site_protocols(last[site]):
+            m, m0 = last[site], first.get(site, {})
+            rows.append([site, PROTOCOL_NAMES.get(p, p), m0.get(f"global_{p}_mAP", float("nan")),
+                         m[f"global_{p}_mAP"], m.get(f"global_{p}_rank1", float("nan")),
+                         m.get(f"personal_{p}_mAP", float("nan"))])
+    if not rows:
+        return ""
+    return markdown_table(["site", "protocol", "mAP round 0", f"mAP round {final}", f"Rank-1 round {final}",
+                           "personal mAP"], rows)
 
 
 def compare_runs(runs: dict[str, Path], out_dir: Path) -> str:

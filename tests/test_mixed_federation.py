@@ -113,3 +113,45 @@ def test_a_connected_site_outside_the_run_is_left_alone(tiny_data, tmp_path):
     for r in records:
         if r["kind"] in ("train", "evaluate"):
             assert sorted(r["sites"]) == ["cuhk01", "market"]
+
+
+SETUP_METHODS = {"aerial": "giqt", "ir-video": "lsmrl", "clothes": "echo"}
+
+
+def test_the_three_sensing_setups_federate_with_an_ordinary_site_on_one_vit(tmp_path):
+    """aerial (giqt), ir-video (lsmrl) and clothes (echo) sites beside market (bot) on one
+    ViT: each shares only the ViT and neck, every site is aggregated, and the run's summary
+    reports each site's own protocol."""
+    root = tmp_path / "data"
+    generate_synthetic8(root, scale=0.05, seed=0, size=(32, 16), sites=["market"], kinds=list(SETUP_METHODS),
+                        min_test_ids=6, workers=1)
+    sites = ["market", *SETUP_METHODS]
+    cfg = tiny_config(root, f"data.sites=[{','.join(sites)}]", "model.arch=vit_tiny_p16", "model.vit_depth=3",
+                      "method.name=bot", "method.giqt.share=geometry-local", "method.lsmrl.share=frame-encoder",
+                      *(f"sites.{s}.method={m}" for s, m in SETUP_METHODS.items()))
+    run_server(InProcessGrid(make_client_app(cfg, state_dir=tmp_path / "s"),
+                             {100 + i: {"partition-id": i} for i in range(len(sites))}), cfg, tmp_path / "run",
+               node_wait_s=1)
+    records = load_records(tmp_path / "run")
+    assert not [r for r in records if r["kind"] == "admission"]
+    train = [r for r in records if r["kind"] == "train"][0]
+    assert {s: m["method"] for s, m in train["sites"].items()} == {"market": "bot", **SETUP_METHODS}
+    assert not train["failures"]
+    summary = (tmp_path / "run" / "summary.md").read_text()
+    for protocol in ("aerial→ground", "ground→aerial", "infrared→visible", "visible→infrared",
+                     "clothes: changing", "clothes: same"):
+        assert protocol in summary
+
+
+def test_a_setup_site_sharing_its_own_modules_is_told_the_narrower_share_rule(tmp_path):
+    root = tmp_path / "data"
+    generate_synthetic8(root, scale=0.05, seed=0, size=(32, 16), sites=["market"], kinds=["aerial"],
+                        min_test_ids=6, workers=1)
+    cfg = tiny_config(root, "data.sites=[market,aerial]", "model.arch=vit_tiny_p16", "model.vit_depth=3",
+                      "method.name=bot", "sites.aerial.method=giqt")
+    run_server(InProcessGrid(make_client_app(cfg, state_dir=tmp_path / "s"), {100: {"partition-id": 0},
+                                                                              101: {"partition-id": 1}}),
+               cfg, tmp_path / "run", node_wait_s=1)
+    refused = [r for r in load_records(tmp_path / "run") if r["kind"] == "admission"]
+    assert [r["site"] for r in refused] == ["aerial"]
+    assert "method.giqt.share" in refused[0]["refused"] and "backbone.prompt" in refused[0]["refused"]

@@ -340,3 +340,17 @@ def test_a_run_naming_a_site_kind_generates_it_on_first_use(tmp_path):
 
     root = ensure_data_root(tmp_path / "synth", sites=["viper", "aerial"], synth_scale=0.02, synth_seed=0)
     assert (root / "aerial").is_dir() and (root / "viper").is_dir()
+
+
+def test_a_kind_named_later_is_added_to_an_earlier_generation_and_keeps_its_manifest(tmp_path):
+    from fedreid.data.sources import ensure_data_root
+
+    root = ensure_data_root(tmp_path / "synth", sites=["viper"], synth_scale=0.02, synth_seed=0)
+    manifest = (root / "synthetic-8.json").read_text()
+    ensure_data_root(root, sites=["viper", "clothes"], synth_scale=0.02, synth_seed=0)
+    assert (root / "clothes" / "meta.json").is_file() and (root / "synthetic-8.json").read_text() == manifest
+    assert not [p.name for p in root.iterdir() if p.name.startswith(".")]  # nothing left aside
+    real = tmp_path / "real"
+    real.mkdir()
+    with pytest.raises(DataError, match="no folder for site"):  # a folder not generated is never written into
+        ensure_data_root(real, sites=["aerial"], synth_scale=0.02, synth_seed=0)

@@ -35,7 +35,11 @@ def admission_problems(site: str, method: str, arch: str, signature: Signature,
             if len(problems) >= 4:
                 break
     if problems:
+        hint = ""
+        if extra and not missing:  # the site shares modules of its method beyond the backbone
+            hint = (f", or keep its own modules on the site with a narrower method.{method}.share "
+                    f"(`fedreid config method.{method}.share=?` lists the choices)")
         problems.append(f"(site runs method {method!r} on {arch!r}; every site of a federation must "
                         "share arrays of the same backbone: set one model.arch for all, or run one "
-                        "federation per backbone)")
+                        f"federation per backbone{hint})")
     return problems

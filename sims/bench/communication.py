@@ -126,6 +126,33 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def compare(variants: list[str], baseline: str, seeds: list[int], overrides: list[str], out: Path) -> list[dict]:
+    """Run every variant (and the baseline) once per seed into ``out``; write runs.jsonl,
+    communication.md and communication.png; return the rows."""
+    variants = list(dict.fromkeys([*variants, baseline]))
+    parsed = {v: parse_variant(v) for v in variants}
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for seed in seeds:
+        for variant, (strategy, dtype) in parsed.items():
+            run_dir = out / f"{strategy}-{dtype}-seed{seed}"
+            started = time.perf_counter()
+            run_in_process([*strategy_overrides(strategy), *overrides, f"codec.value_dtype={dtype}",
+                            f"seed={seed}"], run_dir)
+            rows.append(run_row(variant, seed, run_dir, time.perf_counter() - started))
+            with (out / "runs.jsonl").open("a") as f:
+                f.write(json.dumps(rows[-1]) + "\n")
+            print(f"{variant} seed {seed}: mAP {rows[-1]['mAP']:.4f}, {rows[-1]['total'] / 1e6:,.1f} MB, "
+                  f"{rows[-1]['seconds']:.0f} s", flush=True)
+    table = summary_table(rows, baseline)
+    header = (f"# FedKLPR vs dense, {len(seeds)} seed(s)\n\noverrides: `{' '.join(overrides)}`\n\n"
+              "mean ± sd over seeds; saving and gap are per seed against the baseline, then averaged.")
+    (out / "communication.md").write_text(f"{header}\n\n{table}\n")
+    plot(rows, out / "communication.png")
+    print(f"\n{table}\n\nresults: {out}")
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", default="0,1,2")
@@ -134,29 +161,8 @@ def main() -> None:
     p.add_argument("--out", default="")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
-    seeds = [int(s) for s in args.seeds.split(",")]
-    variants = list(dict.fromkeys([*args.variants.split(","), args.baseline]))
-    parsed = {v: parse_variant(v) for v in variants}
     out = Path(args.out or tempfile.mkdtemp(prefix="fedreid-communication-"))
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for seed in seeds:
-        for variant, (strategy, dtype) in parsed.items():
-            run_dir = out / f"{strategy}-{dtype}-seed{seed}"
-            started = time.perf_counter()
-            run_in_process([*strategy_overrides(strategy), *args.overrides, f"codec.value_dtype={dtype}",
-                            f"seed={seed}"], run_dir)
-            rows.append(run_row(variant, seed, run_dir, time.perf_counter() - started))
-            with (out / "runs.jsonl").open("a") as f:
-                f.write(json.dumps(rows[-1]) + "\n")
-            print(f"{variant} seed {seed}: mAP {rows[-1]['mAP']:.4f}, {rows[-1]['total'] / 1e6:,.1f} MB, "
-                  f"{rows[-1]['seconds']:.0f} s", flush=True)
-    table = summary_table(rows, args.baseline)
-    header = (f"# FedKLPR vs dense, {len(seeds)} seed(s)\n\noverrides: `{' '.join(args.overrides)}`\n\n"
-              "mean ± sd over seeds; saving and gap are per seed against the baseline, then averaged.")
-    (out / "communication.md").write_text(f"{header}\n\n{table}\n")
-    plot(rows, out / "communication.png")
-    print(f"\n{table}\n\nresults: {out}")
+    compare(args.variants.split(","), args.baseline, [int(s) for s in args.seeds.split(",")], args.overrides, out)
 
 
 if __name__ == "__main__":
