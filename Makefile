@@ -8,7 +8,7 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test test-slow lint
+.PHONY: install demo test test-slow test-soak lint
 
 install: $(STAMP)
 
@@ -26,6 +26,9 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -m slow
+
+test-soak: install
+	$(PY) -m pytest -m soak -s
 
 lint: install
 	$(VENV)/bin/ruff check fedreid server clients sims tests

@@ -133,8 +133,9 @@ def test_operators_story_on_loopback(deployment):
                        "--run-dir", str(runs), *dep.control())
     dep.wait_log("run", r"registered for site 'cuhk01' but it claims to be 'cuhk01-impostor'", 600, proc=runner)
     dep.stop("cuhk01-impostor")
-    dep.start_site("cuhk01")  # while the impostor's node still holds the key, join retries by itself
-    dep.wait_log("cuhk01", r"SuperNode ID: \d+", 300)
+    # while the impostor's node still holds the key, join retries by itself
+    dep.start_site("cuhk01", extra=("--activation-wait", "300"))
+    dep.wait_log("cuhk01", r"SuperNode ID: \d+", 360)
     cuhk01_id = re.search(r"SuperNode ID: (\d+)", dep.text("cuhk01")).group(1)
     dep.wait_log("cuhk01", r"Receiving: train message", 900, proc=runner)
     dep.crash("cuhk01")
@@ -150,8 +151,8 @@ def test_operators_story_on_loopback(deployment):
     assert not re.search(r"round 1 train: 3 of 3 site\(s\) replied", dep.text("run"))
 
     restarted = time.monotonic()
-    dep.start_site("cuhk01")
-    dep.wait_log("cuhk01", r"SuperNode ID: \d+", 120)
+    dep.start_site("cuhk01", extra=("--activation-wait", "300"))
+    dep.wait_log("cuhk01", r"SuperNode ID: \d+", 360)
     timings["killed site restarted → rejoined"] = time.monotonic() - restarted
     assert re.search(r"SuperNode ID: (\d+)", dep.text("cuhk01")).group(1) == cuhk01_id  # same identity
 
