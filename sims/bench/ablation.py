@@ -1,4 +1,4 @@
-"""FedKLPR ablation: KLL, SAS, CRR off/on and KLPWA against sample-count weights; one table.
+"""FedKLPR ablation: KLL, SAS, CRR, pruning off/on and KLPWA against sample-count weights; one table.
 
     python -m sims.bench.ablation [overrides ...]
     e.g. python -m sims.bench.ablation method.name=bot data.height=64 data.width=32 fl.rounds=3
@@ -24,6 +24,7 @@ VARIANTS = {
     "KLL off": ["reg.enabled=false"],
     "SAS off": ["agg.sas=false"],
     "CRR off": ["crr.enabled=false"],
+    "pruning off": ["prune.enabled=false", "crr.enabled=false"],
     "sample-count weights": ["agg.weighting=samples"],
 }
 
