@@ -653,6 +653,12 @@ def site_join(
     if dry_run:
         return
     env = processes.flower_env(flwr_home or state / ".flwr")
+    env[processes.OWNER_VAR] = processes.owner_tag(state)
+    stopped = processes.kill_strays(state)
+    if stopped:
+        _warn(f"stopped {len(stopped)} process(es) an earlier, killed `site join` of this site left running "
+              f"(pids {', '.join(map(str, stopped))}): Flower's SuperExec and ClientApps retry a dead SuperNode "
+              "forever")
     raise typer.Exit(run_supernode(cmd, env, lambda: _SupernodeWatch(site, superlink, trust, key),
                                    activation_wait=activation_wait))
 

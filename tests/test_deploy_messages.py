@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import ssl
+import subprocess
 import threading
 import urllib.error
 import urllib.request
@@ -251,3 +252,26 @@ def test_resume_drops_records_of_rounds_never_checkpointed(tmp_path):
     kept = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(r["kind"], r["round"]) for r in kept] == [("evaluate", 0), ("train", 1), ("admission", 1)]
     assert drop_uncommitted_records(tmp_path, 0) == 2  # nothing committed: the run starts over
+
+
+def test_processes_a_killed_site_join_left_behind_are_found_and_only_those(tmp_path):
+    """A SIGKILLed `site join` takes its SuperNode along, but Flower's SuperExec / ClientApp
+    under it live on, retrying; the next `site join` of that site stops them."""
+    state = tmp_path / "site-state" / "market"
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    tags = {"stray": f"{state}|{gone.pid}:1", "live": processes.owner_tag(state),
+            "other site": f"{tmp_path / 'cuhk01'}|{gone.pid}:1"}
+    procs = {name: subprocess.Popen(["sleep", "60"], env={"PATH": "/usr/bin:/bin", processes.OWNER_VAR: tag})
+             for name, tag in tags.items()}
+    try:
+        processes.wait_for(lambda: all(processes.OWNER_VAR.encode() in processes.environ(p.pid)
+                                       for p in procs.values()), 10, "the processes started")
+        assert [r.pid for r in processes.strays(state)] == [procs["stray"].pid]
+        assert processes.kill_strays(state) == [procs["stray"].pid]
+        assert procs["stray"].wait(timeout=10) == -9
+        assert procs["live"].poll() is None and procs["other site"].poll() is None
+    finally:
+        for p in procs.values():
+            p.kill()
+            p.wait()

@@ -31,13 +31,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _environ(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return b""
-
-
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -150,7 +143,7 @@ class LoopbackDeployment:
         marker = f"{TAG_VAR}={self.tag}".encode()
         found = []
         for entry in os.listdir("/proc"):
-            if entry.isdigit() and int(entry) != os.getpid() and marker in _environ(int(entry)):
+            if entry.isdigit() and int(entry) != os.getpid() and marker in processes.environ(int(entry)):
                 ref = processes.process_ref(int(entry))
                 if ref is not None and processes.alive(ref):
                     found.append((int(entry), _cmdline(int(entry))))

@@ -373,6 +373,51 @@ def stop_tree(proc: subprocess.Popen | ProcessRef, *, sig: int = signal.SIGTERM,
     return refs
 
 
+OWNER_VAR = "FEDREID_SITE_OWNER"  # "<state dir>|<pid>:<start>" of the `site join` that started a process
+
+
+def owner_tag(state: Path) -> str:
+    """The value of :data:`OWNER_VAR` for the processes this `site join` starts."""
+    me = process_ref(os.getpid())
+    assert me is not None
+    return f"{state}|{me.pid}:{me.started}"
+
+
+def environ(pid: int) -> bytes:
+    """The NUL-separated environment of ``pid`` (empty when gone or not ours)."""
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return b""
+
+
+def strays(state: Path) -> list[ProcessRef]:
+    """Processes an earlier `site join` of the site with ``state`` left behind: tagged with its
+    state folder by a `site join` that is gone. A killed site's SuperNode dies with it, but
+    Flower's SuperExec and a ClientApp it had just started retry the dead SuperNode forever."""
+    prefix = f"{OWNER_VAR}={state}|".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        tag = next((v[len(prefix):] for v in environ(int(entry)).split(b"\0") if v.startswith(prefix)), None)
+        if tag is None:
+            continue
+        pid, _, started = tag.decode().partition(":")
+        ref = process_ref(int(entry))
+        if ref is not None and not alive(ProcessRef(int(pid), int(started))):
+            found.append(ref)
+    return found
+
+
+def kill_strays(state: Path) -> list[int]:
+    """SIGKILL :func:`strays`; returns their pids."""
+    found = strays(state)
+    for ref in found:
+        _signal(ref, signal.SIGKILL)
+    return [ref.pid for ref in found]
+
+
 def kill_hard(proc: subprocess.Popen) -> list[ProcessRef]:
     """Simulate a crash: SIGKILL the process alone, reap it, return its orphaned descendants."""
     orphans = descendants(proc.pid)
