@@ -659,6 +659,10 @@ def site_join(
         _warn(f"stopped {len(stopped)} process(es) an earlier, killed `site join` of this site left running "
               f"(pids {', '.join(map(str, stopped))}): Flower's SuperExec and ClientApps retry a dead SuperNode "
               "forever")
+    if not processes.port_free("127.0.0.1", runtime_port):
+        _fail(f"--runtime-port {runtime_port} is in use on this machine (another `site join`, or its SuperNode "
+              "still stopping); give each site on one machine its own --runtime-port, e.g. "
+              f"--runtime-port {runtime_port + 1}")
     raise typer.Exit(run_supernode(cmd, env, lambda: _SupernodeWatch(site, superlink, trust, key),
                                    activation_wait=activation_wait))
 
@@ -668,8 +672,8 @@ def run_supernode(cmd: list[str], env: dict[str, str], new_watch: Callable[[], _
                   sleep: Callable[[float], None] = time.sleep) -> int:
     """Run the SuperNode; while the coordinator refuses to activate its key, start it again
     for up to ``activation_wait`` seconds. A refused key is either unknown to the coordinator
-    or still held by a node it counts as connected (one stopped or killed less than a minute
-    ago, until its heartbeats lapse); the second clears by itself, so a restarted site rejoins
+    or still held by a node it counts as connected (one killed less than a minute ago, until
+    its heartbeats lapse; a node stopped with Ctrl-C signs off); the second clears by itself, so a restarted site rejoins
     without its operator. Returns the exit code ``site join`` should end with."""
     first_refusal: float | None = None
     while True:
@@ -688,8 +692,8 @@ def run_supernode(cmd: list[str], env: dict[str, str], new_watch: Callable[[], _
                    f"keys register {pub}`; or another node with this key is still connected (a second `site join` "
                    f"with it): stop that one. Then start this site again (--activation-wait sets how long to retry)")
             return code or 1
-        _warn(f"the coordinator refused to activate this site's key; a node stopped less than a minute ago holds "
-              f"it until its heartbeats lapse, so trying again in {retry_every:.0f} s (for up to "
+        _warn(f"the coordinator refused to activate this site's key; a node of it killed less than a minute ago "
+              f"holds it until its heartbeats lapse, so trying again in {retry_every:.0f} s (for up to "
               f"{activation_wait:.0f} s). If the key was never registered: `fedreid keys register {pub}` on the "
               "coordinator")
         sleep(retry_every)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -206,6 +207,21 @@ def test_site_join_dry_run_and_errors(pki, tmp_path):
         assert result.exit_code == 2 and match in result.output, (extra, result.output)
     bad_data = runner.invoke(deploy_app, [*base[:-1], "--check"])  # empty folder fails the check
     assert bad_data.exit_code == 1 and "--no-check" in bad_data.output
+
+
+def test_site_join_names_a_busy_runtime_port_instead_of_flowers_traceback(pki, tmp_path):
+    files, keys = pki
+    data = tmp_path / "market"
+    data.mkdir()
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        result = runner.invoke(deploy_app, [
+            "site", "join", "--site", "market", "--data", str(data), "--superlink", "127.0.0.1:9",
+            "--root-certificates", str(files.ca_cert), "--key", str(keys.private_key), "--no-check",
+            "--state-dir", str(tmp_path / "state"), "--runtime-port", str(port)])
+    assert result.exit_code == 2 and f"--runtime-port {port} is in use" in result.output, result.output
 
 
 def test_site_join_refuses_while_the_audit_blocks(pki, tmp_path):
