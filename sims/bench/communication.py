@@ -153,16 +153,27 @@ def compare(variants: list[str], baseline: str, seeds: list[int], overrides: lis
     return rows
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--variants", default="fedklpr@float16,fedklpr@float32,fedcapr@float32")
+def compare_from_command_line(description: str, *, seeds: str, variants: str, prefix: str,
+                              extra: tuple[str, ...] | list[str] = ()) -> tuple[list[dict], Path]:
+    """Parse ``--seeds --variants --baseline --out overrides...`` and run :func:`compare`
+    (``extra`` overrides go before the command line's); returns the rows and the folder."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--seeds", default=seeds)
+    p.add_argument("--variants", default=variants)
     p.add_argument("--baseline", default="fedcapr@float32")
     p.add_argument("--out", default="")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
-    out = Path(args.out or tempfile.mkdtemp(prefix="fedreid-communication-"))
-    compare(args.variants.split(","), args.baseline, [int(s) for s in args.seeds.split(",")], args.overrides, out)
+    out = Path(args.out or tempfile.mkdtemp(prefix=prefix))
+    rows = compare(args.variants.split(","), args.baseline, [int(s) for s in args.seeds.split(",")],
+                   [*extra, *args.overrides], out)
+    return rows, out
+
+
+def main() -> None:
+    compare_from_command_line(__doc__.splitlines()[0], seeds="0,1,2",
+                              variants="fedklpr@float16,fedklpr@float32,fedcapr@float32",
+                              prefix="fedreid-communication-")
 
 
 if __name__ == "__main__":

@@ -18,8 +18,6 @@ ordinary sites' mean, per variant (``setups.md``).
 
 from __future__ import annotations
 
-import argparse
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +25,7 @@ import numpy as np
 from fedreid.config.schema import SYNTHETIC8_SITES
 from fedreid.report import PROTOCOL_NAMES, run_curves, site_protocols
 from fedreid.runlog import markdown_table
-from sims.bench.communication import compare
+from sims.bench.communication import compare_from_command_line
 
 SETUPS = {"aerial": "giqt", "ir-video": "lsmrl", "clothes": "echo"}
 FEDERATION = [
@@ -59,16 +57,8 @@ def protocol_rows(rows: list[dict], out: Path) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", default="0")
-    p.add_argument("--variants", default="fedklpr@float16")
-    p.add_argument("--baseline", default="fedcapr@float32")
-    p.add_argument("--out", default="")
-    p.add_argument("overrides", nargs="*")
-    args = p.parse_args()
-    out = Path(args.out or tempfile.mkdtemp(prefix="fedreid-setups-"))
-    rows = compare(args.variants.split(","), args.baseline, [int(s) for s in args.seeds.split(",")],
-                   [*FEDERATION, *args.overrides], out)
+    rows, out = compare_from_command_line(__doc__.splitlines()[0], seeds="0", variants="fedklpr@float16",
+                                          prefix="fedreid-setups-", extra=FEDERATION)
     table = protocol_rows(rows, out)
     (out / "setups.md").write_text(f"# Each site's own protocol, final global mAP\n\n{table}\n")
     print(f"\n{table}\n\nresults: {out}")
