@@ -128,10 +128,7 @@ def main() -> None:
                             for label, m in rows.items()])
     header = (f"clothes site, {args.epochs} fine-tuning epochs, MIM {args.mim_epochs} epochs, seed {args.seed}, "
               f"{args.size}, depth {args.depth}, overrides {args.overrides}")
-    print(f"\n{header}\n\n{table}")
-    out = write_claim(Path(args.out), "echo_claim", header, table, rows)
-    plot(rows, out / "echo_claim.png")
-    print(f"wrote {out}/echo_claim.md, .json, .png")
+    write_claim(Path(args.out), "echo_claim", header, table, rows, plot)
 
 
 if __name__ == "__main__":

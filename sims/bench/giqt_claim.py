@@ -15,15 +15,13 @@ sites without metadata). The aerial site's altitude bins are its three drone lev
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 
 from fedreid.data.split_images import load_split_images
 from fedreid.runlog import markdown_table
-from sims.bench.claims import ensure_kind, write_claim
-from sims.bench.site_learning import train_variant
+from sims.bench.claims import ensure_kind, mean_sd, seeded_variants, vit_site_arguments, write_claim
 
 VARIANTS = {
     "plain ViT": ["method.giqt.blocks=0"],
@@ -60,44 +58,24 @@ def plot(results: dict[str, list[dict]], path: Path) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default="/tmp/fedreid-kinds")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--seeds", default="0,1")
-    p.add_argument("--size", default="64x32")
-    p.add_argument("--vit", default="vit_tiny_p8")
-    p.add_argument("--vit-depth", type=int, default=4)
-    p.add_argument("--out", default="/tmp/giqt_claim")
-    p.add_argument("overrides", nargs="*")
-    args = p.parse_args()
+    args = vit_site_arguments(__doc__.splitlines()[0], epochs=20, seeds="0,1", vit_depth=4, out="/tmp/giqt_claim")
     h, w = (int(v) for v in args.size.split("x"))
     site = ensure_kind(Path(args.data), "aerial", (128, 64))
     images = load_split_images(site, "fedreid", (h, w))
     common = ["method.name=giqt", "device=cpu", f"data.height={h}", f"data.width={w}",
               f"model.arch={args.vit}", f"model.vit_depth={args.vit_depth}", *args.overrides]
-    results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
-    for seed in (int(s) for s in args.seeds.split(",")):
-        for variant, over in VARIANTS.items():
-            r = train_variant(images, [*common, f"seed={seed}", *over], args.epochs)
-            results[variant].append(r)
-            print(f"seed {seed} {variant}: a2g mAP {r['untrained_a2g_mAP']:.4f} → {r['a2g_mAP']:.4f}, "
-                  + ", ".join(f"{b} {r.get(f'a2g_mAP_{b}', float('nan')):.4f}" for b in BINS), flush=True)
+    results = seeded_variants(
+        images, common, VARIANTS, args.seeds, args.epochs,
+        lambda r: f"a2g mAP {r['untrained_a2g_mAP']:.4f} → {r['a2g_mAP']:.4f}, "
+        + ", ".join(f"{b} {r.get(f'a2g_mAP_{b}', float('nan')):.4f}" for b in BINS))
     cols = ["mAP", "a2g_mAP", *(f"a2g_mAP_{b}" for b in BINS), "g2a_mAP", *(f"g2a_mAP_{b}" for b in BINS)]
-    rows = []
-    for variant, runs in results.items():
-        cells = []
-        for c in ["untrained_a2g_mAP", *cols]:
-            vals = np.array([r.get(c, np.nan) for r in runs], dtype=float)
-            cells.append(f"{vals.mean():.4f} ± {vals.std():.4f}")
-        rows.append([variant, *cells])
+    rows = [[variant, *(mean_sd([r.get(c, np.nan) for r in runs]) for c in ["untrained_a2g_mAP", *cols])]
+            for variant, runs in results.items()]
     table = markdown_table(["variant", "untrained a2g mAP", "single-query mAP", "a2g mAP",
                             "a2g A0", "a2g A1", "a2g A2", "g2a mAP", "g2a A0", "g2a A1", "g2a A2"], rows)
     header = (f"aerial site, {args.epochs} epochs, seeds {args.seeds}, {args.size}, {args.vit} depth "
               f"{args.vit_depth}, overrides {args.overrides}; mean ± std over seeds")
-    print(f"\n{header}\n\n{table}")
-    out = write_claim(Path(args.out), "giqt_claim", header, table, results)
-    plot(results, out / "giqt_claim.png")
-    print(f"wrote {out}/giqt_claim.md, .json, .png")
+    write_claim(Path(args.out), "giqt_claim", header, table, results, plot)
 
 
 if __name__ == "__main__":

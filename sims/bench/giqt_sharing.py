@@ -88,9 +88,7 @@ def main() -> None:
     table = markdown_table(["share rule", "site", "a2g mAP", "a2g A0", "a2g A1", "a2g A2", "g2a mAP"], rows)
     header = (f"aerial site split into {args.sites} sites, {args.rounds} rounds × 1 epoch, FedAvg of the shared "
               f"keys, {args.size}, {args.vit} depth {args.vit_depth}, overrides {args.overrides}")
-    print(f"\n{header}\n\n{table}")
-    out = write_claim(Path(args.out), "giqt_sharing", header, table, results)
-    print(f"wrote {out}/giqt_sharing.md, .json")
+    write_claim(Path(args.out), "giqt_sharing", header, table, results)
 
 
 if __name__ == "__main__":

@@ -13,15 +13,13 @@ tracklet-level protocols infrared->visible and visible->infrared. Writes
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 
 from fedreid.data.split_images import load_split_images
 from fedreid.runlog import markdown_table
-from sims.bench.claims import ensure_kind, write_claim
-from sims.bench.site_learning import train_variant
+from sims.bench.claims import ensure_kind, mean_sd, seeded_variants, vit_site_arguments, write_claim
 
 PLAIN = ["method.lsmrl.semantic_tokens=0", "method.lsmrl.interaction=false", "method.lsmrl.modality_losses=false"]
 VARIANTS = {
@@ -54,38 +52,21 @@ def plot(results: dict[str, list[dict]], path: Path) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default="/tmp/fedreid-kinds")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--seeds", default="0")
-    p.add_argument("--size", default="64x32")
-    p.add_argument("--vit", default="vit_tiny_p8")
-    p.add_argument("--vit-depth", type=int, default=3)
-    p.add_argument("--out", default="/tmp/lsmrl_ablation")
-    p.add_argument("overrides", nargs="*")
-    args = p.parse_args()
+    args = vit_site_arguments(__doc__.splitlines()[0], epochs=10, seeds="0", vit_depth=3, out="/tmp/lsmrl_ablation")
     h, w = (int(v) for v in args.size.split("x"))
     site = ensure_kind(Path(args.data), "ir-video", (128, 64))
     images = load_split_images(site, "fedreid", (h, w))
     common = ["method.name=lsmrl", "device=cpu", f"data.height={h}", f"data.width={w}",
               f"model.arch={args.vit}", f"model.vit_depth={args.vit_depth}", *args.overrides]
-    results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
-    for seed in (int(s) for s in args.seeds.split(",")):
-        for variant, over in VARIANTS.items():
-            r = train_variant(images, [*common, f"seed={seed}", *over], args.epochs)
-            results[variant].append(r)
-            print(f"seed {seed} {variant}: " + ", ".join(f"{m} {r[m]:.4f}" for m in METRICS), flush=True)
-    rows = [[variant, *(f"{np.mean([r[m] for r in runs]):.4f} ± {np.std([r[m] for r in runs]):.4f}"
-                        for m in ("untrained_ir2v_mAP", *METRICS))]
+    results = seeded_variants(images, common, VARIANTS, args.seeds, args.epochs,
+                              lambda r: ", ".join(f"{m} {r[m]:.4f}" for m in METRICS))
+    rows = [[variant, *(mean_sd([r[m] for r in runs]) for m in ("untrained_ir2v_mAP", *METRICS))]
             for variant, runs in results.items()]
     table = markdown_table(["variant", "untrained IR→V mAP", "IR→V mAP", "IR→V Rank-1", "V→IR mAP",
                             "V→IR Rank-1"], rows)
     header = (f"ir-video site, {args.epochs} epochs, seeds {args.seeds}, {args.size}, {args.vit} depth "
               f"{args.vit_depth}, overrides {args.overrides}; mean ± std over seeds")
-    print(f"\n{header}\n\n{table}")
-    out = write_claim(Path(args.out), "lsmrl_ablation", header, table, results)
-    plot(results, out / "lsmrl_ablation.png")
-    print(f"wrote {out}/lsmrl_ablation.md, .json, .png")
+    write_claim(Path(args.out), "lsmrl_ablation", header, table, results, plot)
 
 
 if __name__ == "__main__":
