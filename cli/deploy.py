@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from rich.table import Table
@@ -43,6 +43,7 @@ keys_app = typer.Typer(help="Site identity keys: create, register with the coord
 DEFAULT_PORT = 9092  # public: the sites' Fleet API, through the proxy
 CONTROL_PORT = 9093  # loopback: the SuperLink itself (runs, keys, the ServerApp)
 SHOWN_PROBLEMS = 20  # `site check` lists this many problems, then counts the rest
+T = TypeVar("T")
 PROBE_EVERY_S = 10.0  # a retrying site re-checks the coordinator's protocol at most this often
 ACTIVATION_WAIT_S = 120.0  # a stopped node's key stays active until its heartbeats lapse (about a minute)
 ACTIVATION_RETRY_S = 10.0
@@ -460,12 +461,8 @@ def server_log(
     insecure: Insecure = False,
 ) -> None:
     """Print a run's whole log (the ServerApp's output, tracebacks included)."""
-    conn = _connection(superlink, root_certificates, insecure)
-    with run_status.flwr_cli_env(conn) as env:
-        try:
-            text = run_status.show_log(run_id, env)
-        except (RuntimeError, subprocess.TimeoutExpired) as exc:
-            _fail(str(exc), code=1)
+    text = _control_call(_connection(superlink, root_certificates, insecure),
+                         lambda env: run_status.show_log(run_id, env))
     console.print(text, markup=False, highlight=False, end="")
 
 
@@ -477,13 +474,19 @@ def server_stop(
     insecure: Insecure = False,
 ) -> None:
     """Stop a run. Its sites keep their state of the last committed round; `--resume` continues it."""
-    conn = _connection(superlink, root_certificates, insecure)
+    _control_call(_connection(superlink, root_certificates, insecure),
+                  lambda env: run_status.stop_run(run_id, env))
+    console.print(f"run {run_id} stopped", highlight=False)
+
+
+def _control_call(conn: run_status.Connection, action: Callable[[dict[str, str]], T]) -> T:
+    """``action(env)`` with Flower's CLI pointed at the coordinator; its failure (an error
+    from Flower's CLI, or no answer in time) ends the command with the reason."""
     with run_status.flwr_cli_env(conn) as env:
         try:
-            run_status.stop_run(run_id, env)
-        except RuntimeError as exc:
+            return action(env)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
             _fail(str(exc), code=1)
-    console.print(f"run {run_id} stopped", highlight=False)
 
 
 # ---- sites -------------------------------------------------------------------------------
