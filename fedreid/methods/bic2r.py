@@ -65,6 +65,7 @@ from fedreid.losses.compat import (
     logit_distillation,
     relation_distillation,
 )
+from fedreid.losses.weighted import weighted_sum
 from fedreid.methods.base import MethodOptions, MethodSetup, ReidMethod, StepOutput
 from fedreid.methods.supervised import IdTriplet
 from fedreid.models.transfer_net import TransferNet
@@ -149,13 +150,7 @@ class Bic2rMethod(IdTriplet, ReidMethod):
             "dc": (o.direction_weight, lambda: directional_consistency(f_new, f_old, t_on, t_no)),
             "af": (o.forgetting_weight, lambda: anti_forgetting(f_new, f_old, pids, o.forgetting_temperature)),
         }
-        total = bn_new.new_zeros(())
-        logs: dict[str, float] = {}
-        for name, (weight, term) in terms.items():
-            if weight > 0:
-                value = term()
-                total = total + weight * value
-                logs[f"loss_{name}"] = float(value.detach())
+        total, logs = weighted_sum(terms, bn_new)
         return total, logs
 
     def _discriminative(self, t_on: torch.Tensor, t_no: torch.Tensor, bn_old: torch.Tensor,

@@ -31,6 +31,7 @@ from fedreid.losses import (
     center_loss_optimizer,
     rescale_center_grads,
 )
+from fedreid.losses.weighted import weighted_sum
 from fedreid.methods.base import MethodOptions, MethodSetup, ReidMethod, StepOutput
 from fedreid.models import IdentityHead
 
@@ -93,13 +94,7 @@ class SCMMethod(ReidMethod):
             "supcon": (o.supcon_weight, lambda: self.supcon(
                 torch.stack([F.normalize(logits[:b], dim=1), F.normalize(logits[b:], dim=1)], dim=1), targets)),
         }
-        total = logits.new_zeros(())
-        logs: dict[str, float] = {}
-        for name, (weight, term) in terms.items():
-            if weight > 0:
-                value = term()
-                total = total + weight * value
-                logs[f"loss_{name}"] = float(value.detach())
+        total, logs = weighted_sum(terms, logits)
         logs["train_acc"] = float((logits.argmax(1) == both).float().mean())
         return StepOutput(total, logs, embedding=bn_feat[:b])
 
