@@ -150,8 +150,7 @@ class Bic2rMethod(IdTriplet, ReidMethod):
             "dc": (o.direction_weight, lambda: directional_consistency(f_new, f_old, t_on, t_no)),
             "af": (o.forgetting_weight, lambda: anti_forgetting(f_new, f_old, pids, o.forgetting_temperature)),
         }
-        total, logs = weighted_sum(terms, bn_new)
-        return total, logs
+        return weighted_sum(terms, bn_new)
 
     def _discriminative(self, t_on: torch.Tensor, t_no: torch.Tensor, bn_old: torch.Tensor,
                         bn_new: torch.Tensor, logits_new: torch.Tensor) -> torch.Tensor:
