@@ -75,6 +75,7 @@ def run_curves(run_dir: Path) -> dict[str, Any]:
         "bytes_down": sums["train_down"] + sums["eval_down"],
         "train_bytes": sums["train_up"] + sums["train_down"],
         "eval_bytes": sums["eval_up"] + sums["eval_down"],
+        **sums,  # train_up, train_down, eval_up, eval_down
         "evals": evals,
         "trains": trains,
     }

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from fedreid.config.presets import strategy_overrides
-from fedreid.report import load_records, run_curves
+from fedreid.report import run_curves
 from fedreid.runlog import markdown_table
 from sims.runner import run_in_process
 
@@ -41,22 +41,6 @@ def parse_variant(text: str) -> tuple[str, str]:
     return strategy, dtype
 
 
-def byte_ledger(run_dir: Path) -> dict[str, int]:
-    """Bytes by phase and direction, and ``total``; the last record of a round counts (a
-    resumed run may repeat one)."""
-    last: dict[tuple[str, int], dict] = {}
-    for r in load_records(run_dir):
-        if r.get("kind") in ("train", "evaluate"):
-            last[(r["kind"], int(r["round"]))] = r
-    out = dict.fromkeys(DIRECTIONS, 0)
-    for (kind, _), r in last.items():
-        phase = "train" if kind == "train" else "eval"
-        for d in ("up", "down"):
-            out[f"{phase}_{d}"] += int(r.get(f"bytes_{d}", 0))
-    out["total"] = sum(out.values())
-    return out
-
-
 def run_row(variant: str, seed: int, run_dir: Path, seconds: float) -> dict[str, Any]:
     """One run's figures: final accuracy, bytes, CRR restores and halts, the curve."""
     c = run_curves(run_dir)
@@ -64,7 +48,7 @@ def run_row(variant: str, seed: int, run_dir: Path, seconds: float) -> dict[str,
     return {
         "variant": variant, "seed": seed, "seconds": seconds,
         "mAP": c["mAP"][-1], "rank1": c["rank1"][-1], "personal_mAP": c["personal_mAP"][-1],
-        **byte_ledger(run_dir),
+        **{d: c[d] for d in DIRECTIONS}, "total": c["bytes_up"] + c["bytes_down"],
         "crr_restores": int(sum(m.get("crr_restored", 0) for r in trains for m in r["sites"].values())),
         "crr_halted_sites": int(sum(m.get("crr_halted", 0) for m in list(trains)[-1]["sites"].values()))
         if trains else 0,
