@@ -30,6 +30,9 @@ def test_overrides_are_typed():
         ("rounds", ["key=value"]),
         ("dp.clipping_norm=0", ["dp.clipping_norm", "> 0"]),
         ("dp.delta=2", ["dp.delta", "(0, 1)"]),
+        ("method.scm.foo=1", ["method.scm.foo", "method.scm allows", "supcon_weight"]),
+        ("sites.market.foo=1", ["sites.market allows method"]),
+        ("foo=1", ["the top level allows", "prune"]),
     ],
 )
 def test_bad_overrides_name_the_key(override, words):

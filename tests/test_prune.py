@@ -10,6 +10,7 @@ from fedreid.prune import (
     init_masks,
     magnitude_prune,
     prunable_names,
+    pruning_due,
     sparsity,
 )
 
@@ -190,3 +191,25 @@ def test_masked_parameters_reject_foreign_masks():
     model = Tiny()
     with pytest.raises(ValueError, match="not parameters"):
         MaskedParameters(model, {"nope.weight": torch.ones(2, dtype=torch.bool)})
+
+
+@pytest.mark.parametrize(
+    "server_round, sparsity_now, allowed, due",
+    [
+        (2, 0.0, True, False),  # before start_round
+        (3, 0.0, True, True),  # start_round
+        (4, 0.2, True, False),  # off the every-2 schedule
+        (5, 0.2, True, True),
+        (7, 0.6, True, False),  # target reached
+        (7, 0.6 - 1e-13, True, False),  # reached up to rounding
+        (7, 0.4, False, False),  # cross-round recovery forbids it
+    ],
+)
+def test_pruning_due_follows_start_every_target_and_recovery(server_round, sparsity_now, allowed, due):
+    assert pruning_due(server_round, start_round=3, every=2, sparsity_now=sparsity_now,
+                       target=0.6, allowed=allowed) is due
+
+
+def test_pruning_due_rejects_a_schedule_without_steps():
+    with pytest.raises(ValueError, match="every=0"):
+        pruning_due(1, start_round=1, every=0, sparsity_now=0.0, target=0.6)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from fedreid.config.schema import FedReIDConfig, SiteOverride
 from fedreid.methods import METHODS
@@ -52,6 +52,23 @@ def choices() -> dict[str, tuple[str, ...]]:
 UNIT_INTERVAL = ("prune.step", "prune.target", "agg.beta", "fl.fraction_train")
 
 
+def section_keys(full_key: str) -> str:
+    """The keys the section holding ``full_key`` allows, read from the schema dataclasses."""
+    node: Any = FedReIDConfig()
+    parts = full_key.split(".")[:-1]
+    for part in parts:
+        if isinstance(node, dict):  # sites.<name>: every site's override has one schema
+            node = SiteOverride()
+            continue
+        node = getattr(node, part, None) if dataclasses.is_dataclass(node) else None
+        if node is None:
+            return "the section is not in the schema"
+    if not dataclasses.is_dataclass(node):
+        return f"{'.'.join(parts)} holds free-form keys"
+    where = ".".join(parts) or "the top level"
+    return f"{where} allows {', '.join(f.name for f in dataclasses.fields(node))}"
+
+
 class ConfigError(ValueError):
     """A config file or override is wrong; the message names the key and the fix."""
 
@@ -82,6 +99,8 @@ def load_config(
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "?"
         reason = str(exc).splitlines()[0]
+        if isinstance(exc, ConfigKeyError):
+            reason += f"; {section_keys(key)}"
         raise ConfigError(
             f"config key {key}: {reason}. "
             "Run `fedreid config` to see every key, its type and default."

@@ -13,8 +13,6 @@ from collections.abc import Mapping
 
 import numpy as np
 
-DIRECTIONS = ("up", "down")
-
 
 class _ByteCounter:
     """Write-only file object that only counts what np.save writes."""

@@ -24,7 +24,7 @@ class IdentityHead(nn.Linear):
     """Site-private classifier over the BN feature: Linear without bias, N(0, 0.001) init.
 
     It is deliberately not part of :class:`~fedreid.models.reid_net.ReidNet`: each site has
-    its own identities, so a method holds the head itself (or under ``model.private``) and it
+    its own identities, so a method holds the head itself, outside its ``shared_keys()``, and it
     never enters the shared state.
     """
 
