@@ -362,3 +362,14 @@ def test_following_a_run_survives_a_busy_superlink_but_not_a_dead_one(monkeypatc
     monkeypatch.setattr(run_status, "CONTACT_GRACE_S", 0.05)
     with pytest.raises(RuntimeError, match="unavailable"):
         run_status.follow_run(1, {}, echo=print, poll_s=0.01)
+
+
+def test_an_installed_package_gets_a_flower_app_folder_written_for_it(tmp_path):
+    """Without a source checkout, `server run` submits a folder naming the installed apps and
+    carrying the run config that the ServerApp reads back into the same typed config."""
+    from fedreid.deploy.flower_app import write_app_dir
+
+    folder = write_app_dir(tmp_path / "flower-app")
+    app = tomllib.loads((folder / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    assert app["components"] == {"serverapp": "server.app:app", "clientapp": "clients.app:app"}
+    assert from_flat(app["config"]) == load_config()

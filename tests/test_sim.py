@@ -40,7 +40,7 @@ def test_each_site_gets_a_gpu_share_when_gpus_exist(monkeypatch):
     assert cpu["client_resources"]["num_gpus"] == 0
 
 
-def _fake_run(folder: Path, strategy: str, maps: list[float], up: int) -> Path:
+def _fake_run(folder: Path, strategy: str, maps: list[float], up: int, rerank: float = 0.0) -> Path:
     folder.mkdir(parents=True)
     lines = []
     for rnd, m in enumerate(maps):
@@ -49,8 +49,13 @@ def _fake_run(folder: Path, strategy: str, maps: list[float], up: int) -> Path:
                           "failures": [], "dense_bytes": 4 * up, "mean_prune_ratio": 0.2})
         sites = {s: {"global_mAP": m, "global_rank1": m + 0.1, "personal_mAP": m, "personal_rank1": m}
                  for s in ("a", "b")}
-        lines.append({"kind": "evaluate", "round": rnd, "sites": sites, "mean_mAP": m,
-                      "mean_rank1": m + 0.1, "mean_personal_mAP": m, "mean_personal_rank1": m,
+        means = {"mean_mAP": m, "mean_rank1": m + 0.1}
+        if rerank:
+            for site in sites.values():
+                site.update(global_rerank_mAP=m + rerank, global_rerank_rank1=m + 0.1 + rerank)
+            means.update(mean_rerank_mAP=m + rerank, mean_rerank_rank1=m + 0.1 + rerank)
+        lines.append({"kind": "evaluate", "round": rnd, "sites": sites, **means,
+                      "mean_personal_mAP": m, "mean_personal_rank1": m,
                       "bytes_up": 0, "bytes_down": up // 2})
     (folder / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     return folder
@@ -69,6 +74,15 @@ def test_summary_comparison_and_plots(tmp_path):
     assert "60.0%" in text  # 550 vs 1375 bytes
     for name in ("map_per_round.png", "bytes_per_round.png", "map_vs_bytes.png", "comparison.md"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_summary_puts_reranked_figures_beside_plain_ones(tmp_path):
+    plain = write_summary(_fake_run(tmp_path / "plain", "fedklpr", [0.1, 0.3], up=100), "t")
+    assert "re-ranked" not in plain
+    text = write_summary(_fake_run(tmp_path / "kwf", "fedklpr", [0.1, 0.3], up=100, rerank=0.05), "t")
+    header = next(line for line in text.splitlines() if line.startswith("| site"))
+    assert "| mAP round 1 | Rank-1 round 1 | mAP re-ranked | Rank-1 re-ranked |" in header
+    assert "| **mean** | 0.1 | 0.3 | 0.4 | 0.35 | 0.45 |" in text
 
 
 @pytest.mark.slow
