@@ -164,6 +164,23 @@ def test_exif_text_and_gps_are_audited_and_stripped_by_redaction(analyzer, tmp_p
         assert not dict(copy.getexif())
 
 
+
+def test_names_in_file_names_and_meta_json_are_found_with_their_source(analyzer, offline, tmp_path):
+    site = tmp_path / "site"
+    named = "pytorch/train_all/0001/Anna_Smith_0001_c1s1_000001_00.jpg"
+    plain = "pytorch/train_all/0002/0002_c1s1_000002_00.jpg"
+    for relpath in (named, plain):
+        (site / relpath).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((64, 32, 3), 127, np.uint8)).save(site / relpath)
+    meta = {"images": {plain.removeprefix("pytorch/"): {"note": "call 0151 496 0123"}},
+            "identities": {"0001": {"contact": "anna.smith@example.org"}}}
+    (site / "meta.json").write_text(json.dumps(meta))
+    result = audit_site(site, tmp_path / "out", analyzer=analyzer, workers=1)
+    found = {f.relpath: {(e.type, e.source) for e in f.entities} for f in result.findings}
+    assert ("PERSON", "file name") in found[named]
+    assert ("PHONE_NUMBER", "metadata") in found[plain]
+    assert ("EMAIL_ADDRESS", "metadata") in found["meta.json"]
+
 # ---- join gate ---------------------------------------------------------------------------
 def _gate_site(tmp_path: Path) -> tuple[Path, list[Findings]]:
     site = tmp_path / "site"

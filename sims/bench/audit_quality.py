@@ -7,11 +7,12 @@ it, phone numbers, dates, plates, badge numbers) at 8/12/16/24 px, 0/±5/±10°,
 contrast. An item counts as found when the audit reports its entity type on that image from
 the image's pixels; precision counts (image, type) pairs the audit reported that were not
 planted. Every OCR engine reads the same images; entity analysis runs with and without the
-OCR repairs on the same reads. Clean sites: every image of the synthetic market and viper
-sites (no text anywhere), audited end to end (pixels, file names, meta.json).
+OCR repairs on the same reads. Clean sites: the images of every synthetic-8 site (no text
+anywhere; ``--clean-limit`` per site to sample), audited end to end (pixels, file names,
+meta.json).
 
     .venv/bin/python -m sims.bench.audit_quality [--images 400] [--engines rapidocr,tesseract]
-        [--synth /tmp/fedreid-synth8] [--clean-limit 0] [--repeats 3]
+        [--synth /tmp/fedreid-synth8] [--clean-sites market,...] [--clean-limit 0] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -36,18 +37,21 @@ from fedreid.audit.risk import grade
 from fedreid.audit.run import read_images
 from fedreid.audit.scan import entities_of, list_images, load_rgb
 from fedreid.audit.screen import PIXEL_THRESHOLD, PixelEncoder, screen
+from fedreid.data.synth import SITE_KEYS
 
 SIZES = (8, 12, 16, 24)
 LEGIBLE = 12
 
 
-def ensure_synth(root: Path, console: Console) -> Path:
-    """The synthetic market and viper sites under ``root``, generated when missing."""
-    if not (root / "market" / "pytorch").is_dir() or not (root / "viper" / "pytorch").is_dir():
+def ensure_synth(root: Path, sites: list[str], console: Console) -> Path:
+    """The synthetic ``sites`` (market among them) under ``root``, generated when missing."""
+    wanted = sorted({"market", *sites})
+    missing = [s for s in wanted if not (root / s / "pytorch").is_dir()]
+    if missing:
         from fedreid.data.synth import generate_synthetic8
 
-        with console.status(f"generating synthetic-8 market, viper into {root}…"):
-            generate_synthetic8(root, sites=["market", "viper"])
+        with console.status(f"generating synthetic-8 {', '.join(wanted)} into {root}…"):
+            generate_synthetic8(root, sites=wanted)
     return root
 
 
@@ -163,6 +167,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=400, help="planted images")
     parser.add_argument("--engines", default="rapidocr,tesseract", help="OCR engines to compare")
     parser.add_argument("--synth", type=Path, default=Path(tempfile.gettempdir()) / "fedreid-synth8")
+    parser.add_argument("--clean-sites", default=",".join(SITE_KEYS),
+                        help="synthetic-8 sites audited for false alarms")
     parser.add_argument("--clean-limit", type=int, default=0,
                         help="audit at most this many images per clean site (0 = all)")
     parser.add_argument("--repeats", type=int, default=3, help="throughput repeats (median)")
@@ -171,7 +177,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     console = Console()
-    synth = ensure_synth(args.synth, console)
+    clean_sites = [s for s in args.clean_sites.split(",") if s]
+    unknown = sorted(set(clean_sites) - set(SITE_KEYS))
+    if unknown:
+        parser.error(f"--clean-sites: {unknown} are not synthetic-8 sites; choose among {', '.join(SITE_KEYS)}")
+    synth = ensure_synth(args.synth, clean_sites, console)
     base_paths = list_images(synth / "market" / "pytorch" / "train_all")[::7]
     bases = [load_rgb(synth / "market" / "pytorch" / "train_all" / p) for p in base_paths]
     engines = []
@@ -247,7 +257,7 @@ def main() -> None:
     for column in ("site", "images", "with any finding", "rate", "entities by type/source",
                    "images/s"):
         table.add_column(column)
-    for name in ("market", "viper"):
+    for name in clean_sites:
         folder = synth / name
         with tempfile.TemporaryDirectory(prefix="audit-clean-") as out:
             target = folder
