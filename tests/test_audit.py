@@ -142,6 +142,13 @@ def test_analyzer_is_quiet_on_layout_names_and_plain_words(analyzer, text):
     assert analyzer.analyze(text, "file name") == []
 
 
+def test_the_generators_own_metadata_raises_no_alarm(analyzer):
+    """synthetic-8's meta.json explains its attribute truth; the audit must not flag it."""
+    from fedreid.data.synth.generate import TRUTH_DEFINITION
+
+    assert analyzer.analyze(TRUTH_DEFINITION, "metadata") == []
+
+
 def test_allow_list_and_custom_names(offline):
     custom = EntityAnalyzer(names=["Quimby"], allow=["anna"], ner_model=None)
     assert [e.text for e in custom.analyze("Anna Quimby", "image")] == ["Quimby"]

