@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from clients.app import make_client_app
 from fedreid.augment import GanOptions, train_camstyle_gan, write_camstyle_copies
-from fedreid.augment.style import save_style_message, site_style_message
+from fedreid.augment.style import load_style_banks, save_style_message, site_style_message
 from fedreid.config import load_config
 from fedreid.config.presets import strategy_overrides
 from fedreid.data.augment import normalize
@@ -188,7 +188,12 @@ def test_iqaga_renders_its_images_in_shared_styles(tiny_site, tiny_root, tmp_pat
     message = site_style_message(other.train.images, other.train.camids, min_images=3, band=(3, 2))
     assert message
     save_style_message(tmp_path / "styles.npz", {f"cuhk01.{k}": v for k, v in message.items()})
-    trainer = LocalTrainer(cfg_for("iqaga", "method.iqaga.generated=''", f"method.iqaga.styles={tmp_path}/styles.npz",
+    save_style_message(tmp_path / "other.npz", message)  # a second site's file, unprefixed keys
+    files = f"{tmp_path}/styles.npz,{tmp_path}/other.npz"
+    names = [s.name for s in load_style_banks(files)]
+    assert len(names) == 2 * (len(message) // 2) and len(set(names)) == len(names)  # 2 files x cameras
+    assert names[0].startswith("styles/cuhk01.") and names[-1].startswith("other/cam")
+    trainer = LocalTrainer(cfg_for("iqaga", "method.iqaga.generated=''", f"method.iqaga.styles={files}",
                                    "method.iqaga.fake_ratio=1", "train.max_batches=1"), tiny_site)
     assert len(trainer.method.pool) == len(tiny_site.train)  # one render per image
     assert trainer.train_epochs(1, seed=0)["copies_fraction"] == 1.0

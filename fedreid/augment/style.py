@@ -23,7 +23,7 @@ number of images averaged). Cameras with fewer than ``min_images`` images are le
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +67,7 @@ def style_aggregate(images: torch.Tensor, min_images: int,
     _check_images(images)
     if min_images < 2:
         raise ValueError(f"min_images={min_images}: a style aggregate must average at least 2 images "
-                         "(the operator guide suggests 50)")
+                         "(the operator guide, 'What leaves a site', suggests 50)")
     if len(images) < min_images:
         raise ValueError(f"{len(images)} images are fewer than min_images={min_images}; a camera "
                          "with fewer images is not shared")
@@ -136,6 +136,15 @@ def load_style_bank(path: Path) -> list[StyleAggregate]:
                          "or point the option at the file the coordinator relayed")
     with np.load(path) as data:
         return style_bank({k: data[k] for k in data.files})
+
+
+def load_style_banks(paths: str) -> list[StyleAggregate]:
+    """Styles from several sites' files, comma-separated; each style is named after its file
+    (``market-styles/cam2``) so that two sites' cameras stay apart."""
+    bank = []
+    for path in (Path(p.strip()) for p in paths.split(",") if p.strip()):
+        bank += [replace(style, name=f"{path.stem}/{style.name}") for style in load_style_bank(path)]
+    return bank
 
 
 def apply_style(images: torch.Tensor, style: StyleAggregate | Mapping[str, np.ndarray],

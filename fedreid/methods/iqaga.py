@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from fedreid.augment import CopyPool, GeneratedImages, generated_folder, keep_best, load_generated
-from fedreid.augment.style import apply_style, load_style_bank
+from fedreid.augment.style import apply_style, load_style_banks
 from fedreid.data.augment import train_augment
 from fedreid.data.batch import Batch, BatchSpec
 from fedreid.data.samplers import pk_batches
@@ -49,7 +49,7 @@ class IqagaOptions(MethodOptions):
     generated: str = "augmented"  # camera-style copies: folder relative to the site folder, or absolute ({site} = its name); "" = none
     fake_ratio: float = 0.5  # probability that a sampled image is swapped for one of its copies (0 = real images only)
     drop_worst: float = 0.0  # pixel pre-filter: fraction of GAN copies with the worst recorded score left out
-    styles: str = ""  # opt-in: .npz of camera styles shared by unlabelled sites; images rendered in them join the copies
+    styles: str = ""  # opt-in: .npz files (comma-separated) of camera styles shared by unlabelled sites; renders join the copies
     style_strength: float = 1.0  # FDA amplitude swap strength of the style renders (1 = full swap)
     quality_weight: bool = True  # weight each sample's loss by its feature-norm quality (IQAGA)
     quality_bound: float = 0.4  # weights lie in [1 - bound, 1 + bound] (IQAGA's bc)
@@ -102,8 +102,9 @@ class IQAGAMethod(ReidMethod):
             np.concatenate([p.camids for p in parts]), np.concatenate([p.quality for p in parts]))
 
     def _style_renders(self, path: str, strength: float) -> GeneratedImages:
-        """Every training image rendered in one received style (round-robin over the styles)."""
-        bank = load_style_bank(path)
+        """Every training image rendered in one received style (round-robin over the styles
+        of every file in ``path``, comma-separated)."""
+        bank = load_style_banks(path)
         if not bank:
             raise ValueError(f"method.iqaga.styles={path}: the file holds no style")
         store = self.train_store
