@@ -74,6 +74,8 @@ class FederatedClient:
         if self.state.method:
             self.method.load_local_state(self.state.method)
         self._held: dict[str, bytes] = {}  # digests of this site's masks the coordinator holds
+        # the last download's own masks: positions outside them arrived as 0, not as the global
+        self._download_masks: dict[str, np.ndarray] = {}
 
     @property
     def method_name(self) -> str:
@@ -104,10 +106,10 @@ class FederatedClient:
                     f"{INITIAL_MISMATCH}: this site builds {state_digest(initial)} from seed "
                     f"{self.cfg.seed}, the coordinator holds {digest} (other weights or settings); "
                     "the coordinator sends the model instead")
-            self._held = {}
+            self._held, self._download_masks = {}, {}
             return initial
         try:
-            download, _ = decode_sparse(arrays, known_masks=self.state.masks)
+            download, self._download_masks = decode_sparse(arrays, known_masks=self.state.masks)
         except MaskMismatch as exc:
             raise MaskMismatch(
                 f"site {self.images.name}: the download refers to masks this site does not hold "
@@ -277,8 +279,10 @@ class FederatedClient:
             shared, norm = clip_to_download(shared, download, masks, self.cfg.dp.clipping_norm)
             metrics["dp_update_norm"] = norm
             metrics["dp_clipped"] = float(norm > self.cfg.dp.clipping_norm)
+        differences = self.cfg.codec.upload == "difference"
         return encode_sparse(shared, masks, value_dtype=self.cfg.codec.value_dtype,
-                             receiver_digests=self._held)
+                             receiver_digests=self._held, reference=download if differences else None,
+                             reference_masks=self._download_masks)
 
     # ---- evaluation -------------------------------------------------------------------------
     def evaluate_round(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:

@@ -416,3 +416,60 @@ def test_initial_download_carries_only_the_digest():
     assert initial_digest(encode_sparse({"w": np.ones(3, F32)}, {})) is None
     with pytest.raises(ValueError, match="unrecognised"):
         decode_sparse(enc)  # never silently an empty model
+
+
+# ---- uploads as differences from the download ------------------------------------------------
+def _download_and_update(seed: int, step: float):
+    rng = np.random.default_rng(seed)
+    download = {"w": rng.uniform(0.5, 1.0, (40, 9)).astype(F32), "b": rng.standard_normal(9).astype(F32)}
+    masks = {"w": rng.random((40, 9)) < 0.6}
+    download["w"] *= masks["w"]
+    trained = {k: (v + step * rng.standard_normal(v.shape).astype(F32)) for k, v in download.items()}
+    trained["w"] *= masks["w"]
+    return download, trained, masks
+
+
+def test_differences_travel_as_delta_and_decode_back_onto_the_reference():
+    download, trained, masks = _download_and_update(0, 1e-2)
+    arrays = encode_sparse(trained, masks, reference=download, reference_masks=masks)
+    assert "w::delta" in arrays and "w::values" not in arrays and "b::dense" in arrays
+    state, got_masks = decode_sparse(arrays, reference=download)
+    np.testing.assert_allclose(state["w"], trained["w"], rtol=0, atol=1e-7)
+    np.testing.assert_array_equal(got_masks["w"], masks["w"])
+    with pytest.raises(ValueError, match="no reference"):
+        decode_sparse(arrays)
+    assert split_encoded(arrays)[1]["w"].delta and not split_encoded(encode_sparse(trained, masks))[1]["w"].delta
+
+
+def test_a_kept_position_the_download_did_not_carry_goes_as_plain_values():
+    """A restored mask can keep positions the download sent as 0: there the difference from the
+    download is not a difference from the global, so the tensor goes as values."""
+    download, trained, masks = _download_and_update(1, 1e-2)
+    grown = {"w": masks["w"].copy()}
+    grown["w"][0, :] = True
+    arrays = encode_sparse(trained, grown, reference=download, reference_masks=masks)
+    assert "w::values" in arrays and "w::delta" not in arrays
+
+
+def test_half_precision_differences_keep_updates_smaller_than_the_rounding():
+    """Weights in [0.5, 1) have a float16 step of 2**-11 ~ 4.9e-4: updates of 1e-5 vanish when
+    the values themselves are rounded, and survive as rounded differences."""
+    download, trained, masks = _download_and_update(2, 1e-5)
+    kept = masks["w"]
+    update = (trained["w"] - download["w"])[kept]
+    plain, _ = decode_sparse(encode_sparse(trained, masks, value_dtype="float16"))
+    delta, _ = decode_sparse(encode_sparse(trained, masks, value_dtype="float16", reference=download,
+                                           reference_masks=masks), reference=download)
+    lost = np.abs((plain["w"] - download["w"])[kept] - update).mean() / np.abs(update).mean()
+    kept_error = np.abs((delta["w"] - download["w"])[kept] - update).mean() / np.abs(update).mean()
+    assert lost > 0.5 and kept_error < 1e-3
+
+
+def test_validation_accepts_differences_and_rejects_non_finite_ones():
+    download, trained, masks = _download_and_update(3, 1e-2)
+    shapes = {k: v.shape for k, v in trained.items()}
+    arrays = encode_sparse(trained, masks, value_dtype="float16", reference=download, reference_masks=masks)
+    assert validate_encoded(arrays, shapes) == []
+    arrays["w::delta"] = arrays["w::delta"].copy()
+    arrays["w::delta"][0] = np.inf
+    assert any("NaN or infinity" in p for p in validate_encoded(arrays, shapes))

@@ -326,3 +326,47 @@ def test_mask_store_caches_within_budget_and_drops_changed_masks():
     assert store.get("a") == {} and store.mask("a", "w") is None and store.sites() == ["b"]
     with pytest.raises(ValueError, match="cache_bytes"):
         MaskStore(cache_bytes=-1)
+
+
+@pytest.mark.parametrize("value_dtype", ["float32", "float16"])
+def test_replies_sent_as_differences_fold_like_values(value_dtype):
+    """A reply of differences from its download is folded onto the global the round started
+    from: in float32 the same global as plain values (and SasAccumulator agrees)."""
+    rng = np.random.default_rng(5)
+    g = global_state(rng)
+    site_list = sites(rng, g)
+    for state, _, _ in site_list:  # a round's update is small: the download plus a step
+        for k in MASKED:
+            state[k] = np.where(state[k] != 0, g[k] + 0.01 * state[k], 0).astype(g[k].dtype)
+    plain, delta = FlatSas(g), FlatSas(g)
+    acc = SasAccumulator(g)
+    for i, (state, masks, _) in enumerate(site_list):
+        plain.fold(f"s{i}", encode_sparse(state, masks, value_dtype=value_dtype), 1.0 + i)
+        arrays = encode_sparse(state, masks, value_dtype=value_dtype, reference=g)
+        assert any(k.endswith("::delta") for k in arrays)
+        delta.fold(f"s{i}", arrays, 1.0 + i)
+        acc.add_encoded(arrays, 1.0 + i)
+    got, want = delta.result(), plain.result()
+    if value_dtype == "float32":
+        assert_close(got, want)
+    assert_close(acc.result(), got)
+
+
+def test_differences_keep_updates_a_half_precision_download_rounds_away():
+    """Sites download global ⊙ mask in float16 and add an update far below its rounding; with
+    differences the coordinator's float32 global moves by the update, with values it does not."""
+    rng = np.random.default_rng(6)
+    g = {"w": rng.uniform(0.5, 1.0, 4000).astype(F32)}
+    masks = {"w": rng.random(4000) < 0.5}
+    update = np.float32(2e-5)
+    results = {}
+    for upload in ("values", "differences"):
+        flat = FlatSas(g)
+        flat.store.set_bool("s0", masks)
+        download, _ = decode_sparse(flat.download_for("s0", "float16"), known_masks=masks)
+        trained = {"w": np.where(masks["w"], download["w"] + update, 0).astype(F32)}
+        reference = download if upload == "differences" else None
+        flat.fold("s0", encode_sparse(trained, masks, value_dtype="float16", reference=reference))
+        results[upload] = flat.result()["w"][masks["w"]] - g["w"][masks["w"]]
+    np.testing.assert_allclose(results["differences"], update, rtol=0.01)
+    assert np.abs(results["values"] - update).mean() > 3 * update  # rounding error swamps it

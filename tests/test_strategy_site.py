@@ -66,12 +66,22 @@ def test_seeded_start_two_rounds_and_changed_masks_only(tiny_site):
     up2, metrics2 = site2.train_round(down2, 2)
     assert metrics2["pruned_this_round"] == 0.0
     assert not any(k.endswith("::bits") for k in up2) and any(k.endswith("::digest") for k in up2)
+    # values go as differences from the download (codec.upload=difference, the default)
+    assert any(k.endswith("::delta") for k in up2) and not any(k.endswith("::values") for k in up2)
     reply = check_reply(up2, metrics2, shapes=shapes, dtypes=dtypes, known_masks=server.known_masks("market"))
     server.fold("market", reply, reply.metrics)
     new = server.result()
     for name, mask in site2.state.masks.items():  # nobody kept these: the previous global stays
         np.testing.assert_array_equal(new[name][~mask], init[name][~mask])
     assert sum(v.nbytes for v in up2.values()) < 0.5 * sum(v.nbytes for v in encode_sparse(init, {}).values())
+
+
+def test_codec_upload_absolute_sends_the_values_themselves(tiny_site):
+    cfg = config()
+    cfg.codec.upload = "absolute"
+    init = initial_shared_state(cfg, "bot")
+    up, _ = FederatedClient(cfg, tiny_site).train_round(encode_initial(state_digest(init)), 1)
+    assert any(k.endswith("::values") for k in up) and not any(k.endswith("::delta") for k in up)
 
 
 def test_a_download_for_a_mask_the_site_does_not_hold_is_refused(tiny_site):

@@ -99,3 +99,11 @@ def test_update_norm_matches_dense_computation_and_limits():
         check_reply(arrays, metrics, max_update_norm=want * 0.99, global_state=g, **spec)
     with pytest.raises(ValueError, match="needs global_state"):
         check_reply(arrays, metrics, max_update_norm=1.0, **spec)
+
+
+def test_update_norm_is_the_same_for_a_reply_sent_as_differences():
+    g, state, masks, metrics, spec = setup()
+    plain = check_reply(encode_sparse(state, masks), metrics, **spec)
+    delta = check_reply(encode_sparse(state, masks, reference=g), metrics, **spec)
+    assert delta.sparse["conv"].delta
+    assert update_norm(delta, g) == pytest.approx(update_norm(plain, g), rel=1e-6)

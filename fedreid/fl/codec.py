@@ -22,6 +22,11 @@ ndarrays, one per key, ready for an ``ArrayRecord``:
   bfloat16, more than a typical round's update (``sims.bench.aggregation_speed``: RMS error
   0.21x the update in float16, 1.65x in bfloat16, at updates of 1e-3 of the weights); so
   bfloat16 is for values beyond float16's range only;
+- ``"<name>::delta"`` instead of ``values`` (uploads, ``codec.upload=difference``): the kept
+  values minus what the site received for them, in ``value_dtype``. The coordinator adds
+  them to the float32 global it holds (its master copy), so neither the rounding of a
+  half-precision download nor that of the upload loses an update smaller than half a
+  float16 step of its weight; :func:`decode_sparse` adds them to a ``reference`` state;
 - ``"<name>::shape"``  int64 1-D array with the tensor's shape (empty for a scalar);
 - ``"<name>::dense"``  unmasked tensors as they are (own dtype; BN parameters, running
   statistics and integer buffers such as ``num_batches_tracked``);
@@ -71,15 +76,17 @@ from numpy.lib import format as npy_format
 from fedreid.fl.scatter import tensor_view
 
 SEP = "::"
-SPARSE_PARTS = ("bits", "values", "shape", "digest")  # every part a sparse tensor may carry
+SPARSE_PARTS = ("bits", "values", "delta", "shape", "digest")  # every part a sparse tensor may carry
 FULL_PARTS = frozenset(("bits", "values", "shape"))  # mask sent
 KNOWN_PARTS = frozenset(("digest", "values", "shape"))  # mask held by the receiver
+DELTA_KINDS = {FULL_PARTS - {"values"} | {"delta"}: "full", KNOWN_PARTS - {"values"} | {"delta"}: "known"}
 ALL_PARTS = frozenset(("values", "shape"))  # every element kept, half precision (downloads)
 INITIAL_KEY = f"{SEP}initial"  # no tensor name: cannot clash with a state key
 # A site that cannot rebuild the initial model says so with an error holding this text; the
 # coordinator then sends it the model (errors reach it as text only).
 INITIAL_MISMATCH = "initial model digest differs"
 VALUE_DTYPES = ("float32", "float16", "bfloat16")
+UPLOADS = ("difference", "absolute")  # codec.upload: what a site's masked values are
 DIGEST_BYTES = 8
 _FP16_MAX = float(np.finfo(np.float16).max)
 # Wire dtype of the values array -> the value dtype it carries.
@@ -125,12 +132,14 @@ class PackedMask(NamedTuple):
 
 class SparseTensor(NamedTuple):
     """One masked tensor as received: packed bitmap (sent, or the receiver's copy), kept
-    values (row-major, wire dtype), shape, and the digest when the bitmap was not sent."""
+    values (row-major, wire dtype), shape, the digest when the bitmap was not sent, and
+    whether the values are differences from what the sender received (``::delta``)."""
 
     bits: np.ndarray
     values: np.ndarray
     shape: tuple[int, ...]
     digest: bytes | None = None
+    delta: bool = False
 
 
 def mask_digest(bits: np.ndarray, shape: tuple[int, ...]) -> bytes:
@@ -252,12 +261,19 @@ def encode_sparse(
     masks: Mapping[str, np.ndarray],
     value_dtype: str = "float32",
     receiver_digests: Mapping[str, bytes] | None = None,
+    reference: Mapping[str, np.ndarray] | None = None,
+    reference_masks: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Flat wire arrays for ``state``; tensors named in ``masks`` are sent sparse.
 
     ``receiver_digests`` maps names to the digest of the mask the receiver holds (a site
     takes them from its download, :func:`mask_digests`); a tensor whose mask has that digest
     is sent with the digest instead of its bitmap.
+
+    ``reference`` (a site's decoded download) sends a masked tensor as ``::delta``, its
+    values minus the reference's, when every kept position held a value in the reference:
+    ``reference_masks`` gives the download's own masks (positions outside them arrived as 0,
+    not as the global's value, so a tensor keeping one of them is sent as plain values).
     """
     if value_dtype not in VALUE_DTYPES:
         raise ValueError(f"value_dtype: {value_dtype!r} is not one of {VALUE_DTYPES}")
@@ -287,9 +303,30 @@ def encode_sparse(
             out[f"{name}{SEP}digest"] = np.frombuffer(held[name], dtype=np.uint8).copy()
         else:
             out[f"{name}{SEP}bits"] = bits
-        out[f"{name}{SEP}values"] = to_wire_values(values, value_dtype, name)
+        base = _reference_values(name, flat_mask, t.shape, reference, reference_masks)
+        if base is None:
+            out[f"{name}{SEP}values"] = to_wire_values(values, value_dtype, name)
+        else:
+            out[f"{name}{SEP}delta"] = to_wire_values(values - base, value_dtype, name)
         out[f"{name}{SEP}shape"] = np.asarray(t.shape, dtype=np.int64)
     return out
+
+
+def _reference_values(name: str, flat_mask: np.ndarray, shape: tuple[int, ...],
+                      reference: Mapping[str, np.ndarray] | None,
+                      reference_masks: Mapping[str, np.ndarray] | None) -> np.ndarray | None:
+    """The reference's values at the kept positions, or None when the tensor goes as plain
+    values (no reference for it, or it keeps a position the reference did not carry)."""
+    if reference is None or name not in reference:
+        return None
+    ref = np.asarray(reference[name])
+    if ref.shape != shape:
+        raise ValueError(f"reference[{name!r}] has shape {ref.shape}, the state's is {shape}")
+    if reference_masks is not None and name in reference_masks:
+        held = np.asarray(reference_masks[name], dtype=np.bool_).reshape(-1)
+        if (flat_mask & ~held).any():
+            return None
+    return ref.reshape(-1).take(np.flatnonzero(flat_mask)).astype(np.float32, copy=False)
 
 
 def encode_dense(state: Mapping[str, np.ndarray], value_dtype: str = "float32") -> dict[str, np.ndarray]:
@@ -356,13 +393,14 @@ def _parts_kind(parts: Mapping[str, np.ndarray]) -> str | None:
     keys = frozenset(parts)
     if keys == {"dense"}:
         return "dense"
-    return {FULL_PARTS: "full", KNOWN_PARTS: "known", ALL_PARTS: "all"}.get(keys)
+    return {FULL_PARTS: "full", KNOWN_PARTS: "known", ALL_PARTS: "all", **DELTA_KINDS}.get(keys)
 
 
 def _parts_error(name: str, parts: Mapping[str, np.ndarray]) -> str:
     return (
         f"{name}: got parts {sorted(parts)}; expected 'dense' alone, {sorted(FULL_PARTS)}, "
-        f"{sorted(KNOWN_PARTS)} or (downloads only) {sorted(ALL_PARTS)}"
+        f"{sorted(KNOWN_PARTS)} ('delta' in place of 'values' in uploads) or (downloads only) "
+        f"{sorted(ALL_PARTS)}"
     )
 
 
@@ -425,7 +463,8 @@ def split_encoded(
             raise ValueError(_parts_error(name, parts))
         shape = _shape_of(name, parts["shape"])
         n = prod(shape)
-        values = parts["values"]
+        delta = "delta" in parts
+        values = parts["delta" if delta else "values"]
         if values.ndim != 1 or (values.dtype.kind != "f" and values.dtype != np.uint16):
             raise ValueError(f"{name!r}: values must be a 1-D float array, got {values.dtype}")
         if kind == "all":
@@ -449,7 +488,7 @@ def split_encoded(
             raise ValueError(
                 f"{name!r}: bitmap keeps {kept} elements but {values.size} values were sent"
             )
-        sparse[name] = SparseTensor(bits, values, shape, digest)
+        sparse[name] = SparseTensor(bits, values, shape, digest, delta)
     if mismatched:
         raise MaskMismatch(
             f"tensors {mismatched} were sent without a bitmap but the receiver's copy of "
@@ -464,9 +503,11 @@ def _unpack(t: SparseTensor) -> np.ndarray:
 def decode_sparse(
     arrays: Mapping[str, np.ndarray],
     known_masks: Mapping[str, PackedMask | np.ndarray] | None = None,
+    reference: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Inverse of ``encode_sparse``: ``(state, masks)``; raises ValueError on bad structure
-    and :class:`MaskMismatch` when a digest-only tensor's mask is not the one held."""
+    and :class:`MaskMismatch` when a digest-only tensor's mask is not the one held.
+    ``reference``: what ``::delta`` values are added to (the state the sender received)."""
     dense, sparse = split_encoded(arrays, known_masks)
     state: dict[str, np.ndarray] = dict(dense)
     masks: dict[str, np.ndarray] = {}
@@ -475,7 +516,13 @@ def decode_sparse(
         full = np.zeros(mask.size, dtype=np.promote_types(
             np.float32 if t.values.dtype == np.uint16 else t.values.dtype, np.float32))
         kept = values_f32(t.values) if t.values.dtype in (np.uint16, np.float16) else t.values
-        full[np.flatnonzero(mask)] = kept  # an index scatter: 3x a boolean-mask assignment
+        positions = np.flatnonzero(mask)
+        if t.delta:
+            if reference is None or name not in reference:
+                raise ValueError(f"{name!r}: sent as differences ('delta'), but no reference "
+                                 f"state was given to add them to")
+            kept = np.asarray(reference[name], dtype=np.float32).reshape(-1)[positions] + kept
+        full[positions] = kept  # an index scatter: 3x a boolean-mask assignment
         state[name] = full.reshape(t.shape)
     return state, masks
 
@@ -539,7 +586,8 @@ def _check_sparse(
         if n % 8 and bits[-1] & ((1 << (8 - n % 8)) - 1):
             problems.append(f"{name}: padding bits of the last bitmap byte are set")
         kept, digest = _popcount(bits, n), None
-    values = parts["values"]
+    delta = "delta" in parts
+    values = parts["delta" if delta else "values"]
     if value_dtype_of(values) is None or values.ndim != 1:
         problems.append(
             f"{name}: values must be 1-D float32/float16/bfloat16 (uint16 bits), got "
@@ -550,7 +598,7 @@ def _check_sparse(
         problems.append(f"{name}: values contain NaN or infinity")
     if kept != values.size:
         problems.append(f"{name}: bitmap keeps {kept} elements but {values.size} values sent")
-    return SparseTensor(bits, values, shape, digest) if len(problems) == start else None
+    return SparseTensor(bits, values, shape, digest, delta) if len(problems) == start else None
 
 
 class Inspection(NamedTuple):

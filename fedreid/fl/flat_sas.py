@@ -16,7 +16,10 @@ Same result as :class:`fedreid.fl.sas.SasAccumulator` (within float32 rounding),
 - the denominator ``sum_k a_k m_k`` and DP's per-element noise scale are built at the end,
   tensor by tensor in a cache-sized scratch, from the masks the coordinator keeps anyway;
 - a reply may refer to a mask the coordinator holds by its digest instead of sending the
-  bitmap; downloads never carry a bitmap (the site holds its own mask).
+  bitmap; downloads never carry a bitmap (the site holds its own mask);
+- a reply may send differences from its download (``::delta``): they are added to the
+  float32 global the round started from, the coordinator's master copy, so an update
+  survives even when it is smaller than the rounding of a half-precision download.
 
 Elements no site with positive weight kept keep the previous global value. Float tensors
 nobody masks get the plain weighted mean. Integer buffers: ``int_rule="mean"`` (weighted,
@@ -306,13 +309,16 @@ class FlatSas:
         if not active or t.values.size == 0:
             return
         values = t.values
-        if values.dtype != slot.group:  # half precision on the wire, or a float64 model
+        positions = self.store.positions(site, key)
+        if values.dtype != slot.group or t.delta:  # half precision, a float64 model, differences
             values = self._scratch[slot.group][: values.size]
             if slot.group == np.float32:
                 values_f32(t.values, out=values)
             else:
                 values[:] = values_f32(t.values)
-        scatter.fold([self._flat(self._num[j], key) for j in active], self.store.positions(site, key),
+            if t.delta:  # differences from the download: added to the global this round started from
+                values += scatter.take(self._flat(self._global, key), positions, self.backend)
+        scatter.fold([self._flat(self._num[j], key) for j in active], positions,
                      values, [scores[j] for j in active], self.backend)
 
     def _fold_tails(self, dense: Mapping[str, np.ndarray], sparse: Mapping[str, SparseTensor],

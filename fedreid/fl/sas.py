@@ -247,13 +247,15 @@ class SasAccumulator:
             dense, sparse = split_encoded(arrays, known_masks)
         except ValueError as exc:
             raise ValueError(f"site {site}: {exc}") from None
-        sparse = {k: sp._replace(values=values_f32(sp.values)) if sp.values.dtype == np.uint16
-                  else sp for k, sp in sparse.items()}
         self._check_keys(site, set(dense) | set(sparse))
         for key, t in dense.items():
             self._check_tensor(site, key, t.shape, t.dtype, masked=False)
         for key, sp in sparse.items():
-            self._check_tensor(site, key, sp.shape, sp.values.dtype, masked=True)
+            self._check_tensor(site, key, sp.shape, np.dtype(np.float32) if sp.values.dtype == np.uint16
+                               else sp.values.dtype, masked=True)
+        sparse = {k: self._absolute(sp, k) if sp.delta else
+                  sp._replace(values=values_f32(sp.values)) if sp.values.dtype == np.uint16
+                  else sp for k, sp in sparse.items()}
         masks: dict[str, np.ndarray] = {}
         for key, g in self._global.items():
             if g.dtype.kind != "f":
@@ -268,6 +270,12 @@ class SasAccumulator:
                 masks[key] = _fold_sparse(acc, sparse[key], acc.dtype.type(w), self._gather)
         self._end_site(w)
         return masks
+
+    def _absolute(self, sp: SparseTensor, key: str) -> SparseTensor:
+        """Differences from the download as values: added to the global's kept elements."""
+        kept = np.flatnonzero(np.unpackbits(sp.bits, count=self._global[key].size))
+        base = self._global[key].reshape(-1)[kept].astype(np.float32)
+        return sp._replace(values=base + values_f32(sp.values), delta=False)
 
     def _accumulator(self, key: str, with_den: bool) -> np.ndarray:
         """This key's accumulator, given a denominator column when a mask first appears."""

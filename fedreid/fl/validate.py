@@ -91,7 +91,9 @@ def update_norm(reply: CheckedReply, global_state: Mapping[str, np.ndarray]) -> 
         g = np.asarray(global_state[name], dtype=np.float64).reshape(-1)
         pos = np.flatnonzero(np.unpackbits(t.bits, count=g.size))
         g_kept = g[pos]
-        diff = values_f32(t.values).astype(np.float64) - g_kept
+        diff = values_f32(t.values).astype(np.float64)
+        if not t.delta:  # plain values; differences from the download are the update already
+            diff -= g_kept
         sq += float(np.vdot(diff, diff)) + float(np.vdot(g, g)) - float(np.vdot(g_kept, g_kept))
     return math.sqrt(max(sq, 0.0))
 

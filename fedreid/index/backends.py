@@ -2,13 +2,13 @@
 flat file that holds the vectors on disk.
 
 Which search a version gets is chosen by its size (``choose_search``), from
-``sims/bench/index_search.py`` (512-d, one thread, single-query p50 / recall@10): at 10⁴
-vectors exact search takes 20 ms, less than extracting the query image, and is exact; at 10⁵
-IVF answers in 1 ms against 156 ms (recall 0.951) and at 10⁶ in 46 ms against 600 ms
-(recall 0.970), so from 10⁵ vectors on a version gets an IVF index. Exact search is a chunked
-torch matmul rather than faiss's flat index: on this 2-core machine faiss's flat search was
-2.1× faster than torch with one thread but 2.7× slower with two (batch of 256, 10⁵ vectors),
-while torch held steady.
+``sims/bench/index_search.py`` (512-d, one thread, single-query p50 / recall@10; the README's
+"Gallery index" has the figures): at 10⁴ vectors exact search is as fast as IVF, takes less
+than extracting the query image, and is exact; from 10⁵ vectors on IVF answers an order of
+magnitude faster at recall@10 ≥ 0.95 and holds a fraction of the memory for a batch, so from
+10⁵ vectors on a version gets an IVF index. Exact search is a chunked torch matmul rather
+than faiss's flat index: on a 2-core machine faiss's flat search was faster than torch with
+one thread but slower with two, while torch held steady.
 """
 
 from __future__ import annotations

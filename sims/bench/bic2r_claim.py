@@ -18,14 +18,19 @@ matched against that gallery under three policies:
 - ``reindex``: the gallery extracted again with the new model (the upper bound).
 
 Reported per round (mean over sites): mAP and Rank-1 of each policy, the share of the
-naive → re-index gap the upgrade recovers, and the seconds an upgrade and a re-index take.
-A PNG of the mAP curves is written beside ``--out``.
+naive → re-index gap the upgrade recovers, and what an upgrade and a re-index cost the
+sites: seconds, and bytes read plus written (an upgrade reads and rewrites the stored
+features and reads the transfer net; a re-index reads every gallery image file and writes
+the new features; the naive policy costs nothing). No policy sends anything over the
+network: the transfer is fitted on the site from the download it receives anyway. A PNG of
+the mAP curves is written beside ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -92,13 +97,15 @@ def run(method: str, sites: dict[str, SplitImages], rounds: int, common: list[st
 
 def measure(trainers: list[LocalTrainer], stored: dict[str, dict[str, np.ndarray]], rnd: int) -> dict:
     """After the download of global model ``rnd``: index (round 1) or score the policies."""
-    out: dict = {"round": rnd, "sites": {}, "upgrade_s": 0.0, "reindex_s": 0.0}
+    out: dict = {"round": rnd, "sites": {}, "upgrade_s": 0.0, "reindex_s": 0.0,
+                 "upgrade_bytes": 0, "reindex_bytes": 0}
     for t in trainers:
         site, m = t.images.name, t.method
         query = m.embed(t.images.query, flip=False)
         started = time.perf_counter()
         fresh = m.embed(t.images.gallery, flip=False).numpy()
         out["reindex_s"] += time.perf_counter() - started
+        out["reindex_bytes"] += sum(os.path.getsize(s.path) for s in t.images.gallery.samples) + fresh.nbytes
         if rnd == 1:
             stored[site] = {"naive": fresh, "upgraded": fresh}
         elif getattr(m, "upgrade", None) is not None:
@@ -106,6 +113,8 @@ def measure(trainers: list[LocalTrainer], stored: dict[str, dict[str, np.ndarray
             stored[site]["upgraded"] = upgrade_features(stored[site]["upgraded"], m.upgrade,
                                                         alpha=m.options.fusion_alpha)
             out["upgrade_s"] += time.perf_counter() - started
+            transfer = sum(v.numel() * v.element_size() for v in m.upgrade.state_dict().values())
+            out["upgrade_bytes"] += 2 * stored[site]["upgraded"].nbytes + transfer
         policies = {"naive": stored[site]["naive"], "reindex": fresh}
         if hasattr(m, "upgrade"):
             policies["upgraded"] = stored[site]["upgraded"]
@@ -121,7 +130,7 @@ def summary(method: str, history: list[dict]) -> list[list]:
         recovered = ((mean["upgraded"][0] - mean["naive"][0]) / gap) if "upgraded" in mean and gap > 1e-9 else np.nan
         rows.append([method, h["round"], mean["naive"][0], mean.get("upgraded", [np.nan])[0], mean["reindex"][0],
                      mean["naive"][1], mean.get("upgraded", [np.nan, np.nan])[1], mean["reindex"][1], recovered,
-                     h["upgrade_s"], h["reindex_s"]])
+                     h["upgrade_s"], h["reindex_s"], h["upgrade_bytes"] / 1e6, h["reindex_bytes"] / 1e6])
     return rows
 
 
@@ -170,7 +179,8 @@ def main() -> None:
     results = {m: run(m, sites, args.rounds, common) for m in args.methods.split(",")}
     rows = [row for m, hist in results.items() for row in summary(m, hist)]
     table = markdown_table(["method", "query round", "naive mAP", "upgraded mAP", "re-index mAP", "naive R1",
-                            "upgraded R1", "re-index R1", "gap recovered", "upgrade s", "re-index s"], rows)
+                            "upgraded R1", "re-index R1", "gap recovered", "upgrade s", "re-index s",
+                            "upgrade MB", "re-index MB"], rows)
     sizes = "; ".join(f"{n} {len(np.unique(s.train.pids))} ids, {len(s.train)} images" for n, s in sites.items())
     text = (f"{args.rounds} rounds, training data: {sizes}; {args.size}, {args.arch}, "
             f"gallery indexed after round 1, overrides {args.overrides}\n\n{table}\n")
