@@ -183,6 +183,14 @@ def test_iqaga_without_copies_needs_no_folder_and_with_copies_names_the_command(
         LocalTrainer(cfg_for("iqaga", f"method.iqaga.generated={tmp_path}/missing"), tiny_site)
 
 
+def test_iqaga_leaves_out_the_copies_with_the_worst_pixel_score(tiny_site):
+    full = LocalTrainer(cfg_for("iqaga", "method.iqaga.fake_ratio=0.5"), tiny_site).method.pool.generated
+    kept = LocalTrainer(cfg_for("iqaga", "method.iqaga.fake_ratio=0.5", "method.iqaga.drop_worst=0.5"),
+                        tiny_site).method.pool.generated
+    assert len(kept) == len(full) - len(full) // 2
+    assert kept.quality.min() >= np.median(full.quality)  # the lower half is what was dropped
+
+
 def test_iqaga_renders_its_images_in_shared_styles(tiny_site, tiny_root, tmp_path):
     other = load_split_images(tiny_root / "cuhk01", "fedreid", (32, 16))
     message = site_style_message(other.train.images, other.train.camids, min_images=3, band=(3, 2))

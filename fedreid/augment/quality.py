@@ -63,8 +63,8 @@ def piqe(images_u8: torch.Tensor) -> np.ndarray:
     try:
         from pypiqe import piqe as _piqe
     except ImportError as exc:
-        raise ValueError("quality score 'piqe' needs the pypiqe package: `.venv/bin/pip install "
-                         "pypiqe==1.2` (numpy + OpenCV, no model file), or choose sharpness") from exc
+        raise ValueError("quality score 'piqe' needs the pypiqe package: `.venv/bin/pip install -e '.[quality]'` "
+                         "(pypiqe 1.2: numpy + OpenCV, no model file), or choose sharpness") from exc
     arrays = images_u8.permute(0, 2, 3, 1).numpy()
     return np.array([-float(_piqe(a)[0]) for a in arrays], dtype=np.float64)
 
