@@ -5,7 +5,8 @@
     e.g. python -m sims.bench.communication method.name=bot data.height=64 data.width=32 fl.rounds=20
 
 A variant is ``strategy@value_dtype`` (a preset of `fedreid config`, and ``codec.value_dtype``
-of every download, reply and evaluation broadcast). Each variant runs once per seed as an
+of every download, reply and evaluation broadcast), optionally followed by its own overrides,
+``:``-separated (``fedklpr@float16:codec.upload=absolute``). Each variant runs once per seed as an
 in-process federation (the real ClientApp and strategy, no Ray), the same overrides for all.
 Bytes count every serialized array the coordinator sent and received — training and
 evaluation, up and down. Writes ``runs.jsonl`` (one line per run, as it finishes),
@@ -33,12 +34,17 @@ from sims.runner import run_in_process
 DIRECTIONS = ("train_up", "train_down", "eval_up", "eval_down")
 
 
-def parse_variant(text: str) -> tuple[str, str]:
-    strategy, _, dtype = text.partition("@")
+def parse_variant(text: str) -> tuple[str, str, list[str]]:
+    """``STRATEGY@DTYPE[:key=value...]`` as (strategy, dtype, the variant's own overrides)."""
+    head, *own = text.split(":")
+    strategy, _, dtype = head.partition("@")
     strategy_overrides(strategy)  # fails naming the presets
     if dtype not in ("float32", "float16", "bfloat16"):
         raise SystemExit(f"variant {text!r}: write STRATEGY@DTYPE with DTYPE float32, float16 or bfloat16")
-    return strategy, dtype
+    bad = [o for o in own if "=" not in o]
+    if bad:
+        raise SystemExit(f"variant {text!r}: {bad} are not key=value overrides (STRATEGY@DTYPE:key=value)")
+    return strategy, dtype, own
 
 
 def run_row(variant: str, seed: int, run_dir: Path, seconds: float) -> dict[str, Any]:
@@ -118,10 +124,10 @@ def compare(variants: list[str], baseline: str, seeds: list[int], overrides: lis
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for seed in seeds:
-        for variant, (strategy, dtype) in parsed.items():
-            run_dir = out / f"{strategy}-{dtype}-seed{seed}"
+        for index, (variant, (strategy, dtype, own)) in enumerate(parsed.items()):
+            run_dir = out / f"{index}-{strategy}-{dtype}-seed{seed}"
             started = time.perf_counter()
-            run_in_process([*strategy_overrides(strategy), *overrides, f"codec.value_dtype={dtype}",
+            run_in_process([*strategy_overrides(strategy), *overrides, f"codec.value_dtype={dtype}", *own,
                             f"seed={seed}"], run_dir)
             rows.append(run_row(variant, seed, run_dir, time.perf_counter() - started))
             with (out / "runs.jsonl").open("a") as f:
