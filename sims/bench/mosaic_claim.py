@@ -34,8 +34,9 @@ import torch
 from fedreid.analysis import attribute_importance, generator_truth, rank_agreement
 from fedreid.analysis.models import SiteModel, site_knockout
 from fedreid.config import load_config
+from fedreid.data.sources import add_generated_kinds
 from fedreid.data.split_images import load_split_images
-from fedreid.data.synth import generate_synthetic8
+from fedreid.data.synth import KINDS, generate_synthetic8
 from fedreid.runlog import markdown_table
 from fedreid.training import LocalTrainer, stream_seed
 
@@ -43,8 +44,14 @@ MEASURES = ("delta_ap", "glm_ap", "forest")
 
 
 def site_folder(root: Path, site: str, scale: float, size: tuple[int, int]) -> Path:
+    """The site under ``root``, generated when missing; a set-up kind (``clothes``: outfits
+    that change, so some attributes do not stay with the person) is rendered beside them."""
     if not (root / site).is_dir():
-        generate_synthetic8(root, scale=scale, seed=0, size=size, sites=[site], workers=1)
+        if site in KINDS:
+            root.mkdir(parents=True, exist_ok=True)
+            add_generated_kinds(root, [site], scale=scale, seed=0, size=size)
+        else:
+            generate_synthetic8(root, scale=scale, seed=0, size=size, sites=[site], workers=1)
     return root / site
 
 
