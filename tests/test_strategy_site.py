@@ -36,7 +36,8 @@ def config():
     return load_config(["method.name=bot", "model.arch=resnet18", "device=cpu", "train.batch_size=16",
                         "train.max_batches=1", "data.height=32", "data.width=16", "eval.batch_size=64",
                         "crr.enabled=false",
-                        "prune.step=0.3", "prune.target=0.6", "prune.every=2", "codec.value_dtype=float16"])
+                        "prune.step=0.3", "prune.target=0.6", "prune.every=2", "codec.value_dtype=float16",
+                        "codec.upload=difference"])
 
 
 def test_seeded_start_two_rounds_and_changed_masks_only(tiny_site):
@@ -66,7 +67,7 @@ def test_seeded_start_two_rounds_and_changed_masks_only(tiny_site):
     up2, metrics2 = site2.train_round(down2, 2)
     assert metrics2["pruned_this_round"] == 0.0
     assert not any(k.endswith("::bits") for k in up2) and any(k.endswith("::digest") for k in up2)
-    # values go as differences from the download (codec.upload=difference, the default)
+    # values go as differences from the download (codec.upload=difference)
     assert any(k.endswith("::delta") for k in up2) and not any(k.endswith("::values") for k in up2)
     reply = check_reply(up2, metrics2, shapes=shapes, dtypes=dtypes, known_masks=server.known_masks("market"))
     server.fold("market", reply, reply.metrics)

@@ -131,9 +131,10 @@ class DPConfig:
 @dataclass
 class CodecConfig:
     value_dtype: str = "float32"  # a name in fedreid.fl.codec.VALUE_DTYPES
-    # difference: a site sends its kept values minus its download, which the coordinator adds
-    # to its float32 global (no update lost to half-precision rounding) | absolute: the values
-    upload: str = "difference"
+    # absolute: a site sends its kept values | difference: the values minus its download, which
+    # the coordinator adds to its float32 global (no update lost to half-precision rounding;
+    # README: Benchmarks, for why it is not the default)
+    upload: str = "absolute"
     # Round one (and the round-0 evaluation) without a model download: sites build the initial
     # model from the seed and check it against the coordinator's digest (a download otherwise).
     seeded_start: bool = True

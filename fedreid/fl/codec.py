@@ -86,7 +86,7 @@ INITIAL_KEY = f"{SEP}initial"  # no tensor name: cannot clash with a state key
 # coordinator then sends it the model (errors reach it as text only).
 INITIAL_MISMATCH = "initial model digest differs"
 VALUE_DTYPES = ("float32", "float16", "bfloat16")
-UPLOADS = ("difference", "absolute")  # codec.upload: what a site's masked values are
+UPLOADS = ("absolute", "difference")  # codec.upload: what a site's masked values are
 DIGEST_BYTES = 8
 _FP16_MAX = float(np.finfo(np.float16).max)
 # Wire dtype of the values array -> the value dtype it carries.
