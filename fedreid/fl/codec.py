@@ -404,6 +404,11 @@ def _parts_error(name: str, parts: Mapping[str, np.ndarray]) -> str:
     )
 
 
+def _values_part(parts: Mapping[str, np.ndarray]) -> tuple[np.ndarray, bool]:
+    """A sparse tensor's kept values and whether they are differences (``delta``)."""
+    return (parts["delta"], True) if "delta" in parts else (parts["values"], False)
+
+
 def _digest_of(parts: Mapping[str, np.ndarray]) -> bytes | None:
     d = parts["digest"]
     if d.dtype != np.uint8 or d.shape != (DIGEST_BYTES,):
@@ -463,8 +468,7 @@ def split_encoded(
             raise ValueError(_parts_error(name, parts))
         shape = _shape_of(name, parts["shape"])
         n = prod(shape)
-        delta = "delta" in parts
-        values = parts["delta" if delta else "values"]
+        values, delta = _values_part(parts)
         if values.ndim != 1 or (values.dtype.kind != "f" and values.dtype != np.uint16):
             raise ValueError(f"{name!r}: values must be a 1-D float array, got {values.dtype}")
         if kind == "all":
@@ -500,6 +504,17 @@ def _unpack(t: SparseTensor) -> np.ndarray:
     return np.unpackbits(t.bits, count=prod(t.shape)).view(np.bool_).reshape(t.shape)
 
 
+def resolve_delta(t: SparseTensor, reference: np.ndarray, positions: np.ndarray | None = None
+                  ) -> SparseTensor:
+    """``t`` with its ``::delta`` differences made float32 values: added to ``reference``
+    (the whole tensor the sender received, or the coordinator's global) at the kept
+    ``positions`` (from the bitmap when not given)."""
+    if positions is None:
+        positions = np.flatnonzero(_unpack(t).reshape(-1))
+    base = np.asarray(reference, dtype=np.float32).reshape(-1)[positions]
+    return t._replace(values=base + values_f32(t.values), delta=False)
+
+
 def decode_sparse(
     arrays: Mapping[str, np.ndarray],
     known_masks: Mapping[str, PackedMask | np.ndarray] | None = None,
@@ -513,15 +528,15 @@ def decode_sparse(
     masks: dict[str, np.ndarray] = {}
     for name, t in sparse.items():
         mask = masks[name] = _unpack(t)
-        full = np.zeros(mask.size, dtype=np.promote_types(
-            np.float32 if t.values.dtype == np.uint16 else t.values.dtype, np.float32))
-        kept = values_f32(t.values) if t.values.dtype in (np.uint16, np.float16) else t.values
         positions = np.flatnonzero(mask)
         if t.delta:
             if reference is None or name not in reference:
                 raise ValueError(f"{name!r}: sent as differences ('delta'), but no reference "
                                  f"state was given to add them to")
-            kept = np.asarray(reference[name], dtype=np.float32).reshape(-1)[positions] + kept
+            t = resolve_delta(t, reference[name], positions)
+        full = np.zeros(mask.size, dtype=np.promote_types(
+            np.float32 if t.values.dtype == np.uint16 else t.values.dtype, np.float32))
+        kept = values_f32(t.values) if t.values.dtype in (np.uint16, np.float16) else t.values
         full[positions] = kept  # an index scatter: 3x a boolean-mask assignment
         state[name] = full.reshape(t.shape)
     return state, masks
@@ -586,8 +601,7 @@ def _check_sparse(
         if n % 8 and bits[-1] & ((1 << (8 - n % 8)) - 1):
             problems.append(f"{name}: padding bits of the last bitmap byte are set")
         kept, digest = _popcount(bits, n), None
-    delta = "delta" in parts
-    values = parts["delta" if delta else "values"]
+    values, delta = _values_part(parts)
     if value_dtype_of(values) is None or values.ndim != 1:
         problems.append(
             f"{name}: values must be 1-D float32/float16/bfloat16 (uint16 bits), got "

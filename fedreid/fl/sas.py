@@ -38,7 +38,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from fedreid.fl.codec import PackedMask, SparseTensor, split_encoded, values_f32
+from fedreid.fl.codec import PackedMask, SparseTensor, resolve_delta, split_encoded, values_f32
 
 INT_RULES = ("mean", "max")
 # Elements per block of the dense arithmetic: 1 MiB of float32 keeps the scratch block and
@@ -253,7 +253,7 @@ class SasAccumulator:
         for key, sp in sparse.items():
             self._check_tensor(site, key, sp.shape, np.dtype(np.float32) if sp.values.dtype == np.uint16
                                else sp.values.dtype, masked=True)
-        sparse = {k: self._absolute(sp, k) if sp.delta else
+        sparse = {k: resolve_delta(sp, self._global[k]) if sp.delta else
                   sp._replace(values=values_f32(sp.values)) if sp.values.dtype == np.uint16
                   else sp for k, sp in sparse.items()}
         masks: dict[str, np.ndarray] = {}
@@ -270,12 +270,6 @@ class SasAccumulator:
                 masks[key] = _fold_sparse(acc, sparse[key], acc.dtype.type(w), self._gather)
         self._end_site(w)
         return masks
-
-    def _absolute(self, sp: SparseTensor, key: str) -> SparseTensor:
-        """Differences from the download as values: added to the global's kept elements."""
-        kept = np.flatnonzero(np.unpackbits(sp.bits, count=self._global[key].size))
-        base = self._global[key].reshape(-1)[kept].astype(np.float32)
-        return sp._replace(values=base + values_f32(sp.values), delta=False)
 
     def _accumulator(self, key: str, with_den: bool) -> np.ndarray:
         """This key's accumulator, given a denominator column when a mask first appears."""

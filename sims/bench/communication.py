@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from fedreid.config.presets import strategy_overrides
+from fedreid.fl.codec import VALUE_DTYPES
 from fedreid.report import run_curves
 from fedreid.runlog import markdown_table
 from sims.runner import run_in_process
@@ -39,8 +40,9 @@ def parse_variant(text: str) -> tuple[str, str, list[str]]:
     head, *own = text.split(":")
     strategy, _, dtype = head.partition("@")
     strategy_overrides(strategy)  # fails naming the presets
-    if dtype not in ("float32", "float16", "bfloat16"):
-        raise SystemExit(f"variant {text!r}: write STRATEGY@DTYPE with DTYPE float32, float16 or bfloat16")
+    if dtype not in VALUE_DTYPES:
+        allowed = f"{', '.join(VALUE_DTYPES[:-1])} or {VALUE_DTYPES[-1]}"
+        raise SystemExit(f"variant {text!r}: write STRATEGY@DTYPE with DTYPE {allowed}")
     bad = [o for o in own if "=" not in o]
     if bad:
         raise SystemExit(f"variant {text!r}: {bad} are not key=value overrides (STRATEGY@DTYPE:key=value)")
