@@ -37,22 +37,11 @@ from fedreid.audit.risk import grade
 from fedreid.audit.run import read_images
 from fedreid.audit.scan import entities_of, list_images, load_rgb
 from fedreid.audit.screen import PIXEL_THRESHOLD, PixelEncoder, screen
+from fedreid.data.sources import ensure_data_root
 from fedreid.data.synth import SITE_KEYS
 
 SIZES = (8, 12, 16, 24)
 LEGIBLE = 12
-
-
-def ensure_synth(root: Path, sites: list[str], console: Console) -> Path:
-    """The synthetic ``sites`` (market among them) under ``root``, generated when missing."""
-    wanted = sorted({"market", *sites})
-    missing = [s for s in wanted if not (root / s / "pytorch").is_dir()]
-    if missing:
-        from fedreid.data.synth import generate_synthetic8
-
-        with console.status(f"generating synthetic-8 {', '.join(wanted)} into {root}…"):
-            generate_synthetic8(root, sites=wanted)
-    return root
 
 
 def found_types(relpath: str, lines: list[TextLine], analyzer: EntityAnalyzer,
@@ -181,7 +170,9 @@ def main() -> None:
     unknown = sorted(set(clean_sites) - set(SITE_KEYS))
     if unknown:
         parser.error(f"--clean-sites: {unknown} are not synthetic-8 sites; choose among {', '.join(SITE_KEYS)}")
-    synth = ensure_synth(args.synth, clean_sites, console)
+    with console.status(f"synthetic-8 in {args.synth} (generated when absent)…"):
+        synth = ensure_data_root(args.synth, sites=sorted({"market", *clean_sites}), synth_scale=1.0,
+                                 synth_seed=0)
     base_paths = list_images(synth / "market" / "pytorch" / "train_all")[::7]
     bases = [load_rgb(synth / "market" / "pytorch" / "train_all" / p) for p in base_paths]
     engines = []
