@@ -15,7 +15,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,audit,analysis,quality]'
+	$(PY) -m pip install --quiet -e '.[dev,audit,analysis,quality,server]'
 	touch $(STAMP)
 
 demo: install

@@ -162,19 +162,24 @@ def train(
 def sim(
     overrides: Overrides = None,
     strategy: Annotated[str, typer.Option(help="fedklpr | fedcapr | fedpav | fedavg")] = "fedklpr",
-    compare: Annotated[str | None, typer.Option(help="Comma-separated strategies run with the same seed, e.g. fedklpr,fedcapr.")] = None,
+    compare: Annotated[str | None, typer.Option(help="Comma-separated strategies run with the same seed, e.g. fedklpr,fedcapr; STRATEGY:key=value gives one of them its own overrides (fedklpr:codec.value_dtype=float16,fedavg).")] = None,
     data: Annotated[Path | None, typer.Option(help="Data root, one FedReID-layout folder per site (default: synthetic-8, generated on first use).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Run folder of an interrupted run to continue.")] = None,
     config: ConfigFile = None,
 ) -> None:
     """Simulate the federation over the benchmark sites with Flower's simulation engine."""
+    from fedreid.config.presets import parse_strategy_runs
     from sims.runner import run_sim_command
 
-    strategies = [s.strip() for s in (compare or strategy).split(",") if s.strip()]
-    _load(overrides, config)  # fail fast on a bad override, before Ray starts
     try:
-        check_model_init(list(overrides or []), strategies, config)
-        run_sim_command(list(overrides or []), strategies=strategies, data=data, resume=resume,
+        runs = parse_strategy_runs(compare or strategy)
+    except ValueError as exc:
+        _fail(f"--compare/--strategy: {exc}", code=2)
+    for run in runs:  # fail fast on a bad override, before Ray starts
+        _load([*(overrides or []), *run.overrides], config)
+    try:
+        check_model_init(list(overrides or []), runs, config)
+        run_sim_command(list(overrides or []), strategies=runs, data=data, resume=resume,
                         config_file=config, console=console)
     except (DataError, ConfigError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc), code=1)

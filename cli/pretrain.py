@@ -14,6 +14,7 @@ import typer
 
 from cli.common import console, fail
 from fedreid.config import ConfigError
+from fedreid.config.presets import StrategyRun
 from fedreid.data.records import DataError
 
 PRETRAIN_METHODS = ("dppp", "bot")
@@ -57,14 +58,14 @@ def pretrain(
                   highlight=False)
 
 
-def check_model_init(overrides: list[str], strategies: list[str], config: Path | None) -> None:
+def check_model_init(overrides: list[str], runs: list[StrategyRun], config: Path | None) -> None:
     """Before a simulation starts: a ``model.init`` file must exist and fit the model each
     strategy's run builds (its method, arch and size); raises the loader's error otherwise."""
     from fedreid.config import load_config
     from fedreid.config.presets import strategy_values
     from fedreid.training import initial_shared_state
 
-    for strategy in strategies:
-        cfg = load_config(overrides, config, values=strategy_values(strategy))
+    for run in runs:
+        cfg = load_config([*overrides, *run.overrides], config, values=strategy_values(run.strategy))
         if cfg.model.init:
             initial_shared_state(cfg, cfg.method.name)

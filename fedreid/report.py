@@ -166,11 +166,26 @@ def protocol_table(first: Mapping[str, Mapping[str, Any]], last: Mapping[str, Ma
                            "personal mAP"], rows)
 
 
-def compare_runs(runs: dict[str, Path], out_dir: Path) -> str:
-    """comparison.md and plots for several strategies run with the same seed."""
+def headline(name: str, c: dict, base_name: str, base: dict) -> str:
+    """One sentence: the bytes ``name`` saved against ``base_name`` and the accuracy gap."""
+    total, base_total = c["bytes_up"] + c["bytes_down"], base["bytes_up"] + base["bytes_down"]
+    saved = 1 - total / base_total
+    gap = 100 * (c["mAP"][-1] - base["mAP"][-1])
+    return (f"**{name}** sent {100 * abs(saved):.1f} % {'fewer' if saved >= 0 else 'more'} bytes than "
+            f"**{base_name}** ({total / 1e6:,.0f} MB against {base_total / 1e6:,.0f} MB: training and "
+            f"evaluation, up and down) and ended {abs(gap):.1f} mAP points "
+            f"{'above' if gap >= 0 else 'below'} it (final mean mAP {c['mAP'][-1]:.3f} against "
+            f"{base['mAP'][-1]:.3f}).")
+
+
+def compare_runs(runs: dict[str, Path], out_dir: Path, descriptions: dict[str, str] | None = None) -> str:
+    """comparison.md and plots for several strategies run with the same seed. ``descriptions``:
+    what each run is (its preset and own overrides), by run name. The first run that is not
+    FedKLPR is the baseline; the text opens with each other run's saving and accuracy gap."""
     out_dir = Path(out_dir)
     curves = {name: run_curves(path) for name, path in runs.items()}
-    base_name = next((n for n in curves if n != "fedklpr"), None)
+    describe = descriptions or {}
+    base_name = next((n for n in curves if not describe.get(n, n).startswith("fedklpr")), None)
     base_bytes = (curves[base_name]["bytes_up"] + curves[base_name]["bytes_down"]) if base_name else 0
     rows = []
     for name, c in curves.items():
@@ -186,7 +201,11 @@ def compare_runs(runs: dict[str, Path], out_dir: Path) -> str:
                "personal mAP final", "bytes up", "bytes down", "of which training", "of which evaluation",
                f"bytes saved vs {base_name}"]
     per_site = _per_site_table(curves)
-    text = "# Strategy comparison\n\n" + markdown_table(headers, rows) + "\n## Final mAP per site\n\n" + per_site
+    lines = [headline(describe.get(n, n), c, describe.get(base_name, base_name), curves[base_name])
+             for n, c in curves.items() if base_name and n != base_name and c["rounds"] and curves[base_name]["rounds"]]
+    runs_list = "".join(f"- `{n}`: {describe[n]}\n" for n in curves if n in describe)
+    text = ("# Strategy comparison\n\n" + "".join(f"{line}\n\n" for line in lines) + runs_list
+            + ("\n" if runs_list else "") + markdown_table(headers, rows) + "\n## Final mAP per site\n\n" + per_site)
     (out_dir / "comparison.md").write_text(text)
     plot_curves(curves, out_dir)
     return text

@@ -26,6 +26,7 @@ from server.checkpoint import (
     save_checkpoint,
 )
 from server.delivery import ProgressFn
+from server.memory import keep_freed_memory
 from server.strategy import FedReIDStrategy
 
 ORPHAN_GRACE_S = 10.0  # a ServerApp whose SuperLink died exits this long after
@@ -44,6 +45,7 @@ def run_server(grid: Grid, cfg: FedReIDConfig, run_dir: Path, *, resume: bool = 
     ``fl.node_wait`` (in-process federations, where nothing needs to connect)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    keep_freed_memory()
     start_round = 1
     init = initial_state(cfg)
     rng_state = None

@@ -50,7 +50,14 @@ from fedreid.fl.validate import check_reply
 from fedreid.fl.weight_rules import weight_rule
 from fedreid.report import RunRecorder
 from server.delivery import Delivery, ProgressFn, parse_bound_sites
-from wire.records import arrays_to_record, record_nbytes, record_views, to_array
+from wire.records import (
+    arrays_to_record,
+    record_nbytes,
+    record_of,
+    record_views,
+    same_payload,
+    to_array,
+)
 
 SHARED_PARTS = ("::dense", "::shape")  # the same in every site's download of a round
 
@@ -210,8 +217,10 @@ class FedReIDStrategy(FedAvg):
             for key in arrays.keys() - common.keys():
                 if key.endswith(SHARED_PARTS):
                     common[key] = to_array(arrays[key])
-            record = ArrayRecord({k: common[k] if k.endswith(SHARED_PARTS) else to_array(v)
-                                  for k, v in arrays.items()})
+            # A fresh Array per record around the shared payload bytes: Flower marks Arrays
+            # while it sends them, so two messages never share one.
+            record = record_of({k: same_payload(common[k]) if k.endswith(SHARED_PARTS) else to_array(v)
+                                for k, v in arrays.items()})
         self._train.down += record_nbytes(record)
         self._train.dense += self.dense_nbytes
         self._train.sent += 1

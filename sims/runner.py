@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedreid.config import FedReIDConfig, load_config
-from fedreid.config.presets import strategy_values
+from fedreid.config.presets import StrategyRun, strategy_values
 from fedreid.data.sources import ensure_data_root
 from fedreid.report import compare_runs, run_curves, write_summary
 from fedreid.runlog import make_run_dir
@@ -153,7 +153,7 @@ def _data_root(cfg: FedReIDConfig, console: Console) -> Path:
     return root
 
 
-def run_sim_command(overrides: list[str], *, strategies: list[str], data: Path | None,
+def run_sim_command(overrides: list[str], *, strategies: list[StrategyRun], data: Path | None,
                     resume: Path | None, config_file: Path | None, console: Console) -> Path:
     """What `fedreid sim` does: resolve configs, generate data if needed, run, summarise."""
     extra = [f"data.root={data}"] if data else []
@@ -165,27 +165,27 @@ def run_sim_command(overrides: list[str], *, strategies: list[str], data: Path |
         base = None
     runs: dict[str, Path] = {}
     started = time.perf_counter()
-    for strategy in strategies:
-        cfg = load_config([*overrides, *extra], config_file, values=strategy_values(strategy))
+    for run in strategies:
+        cfg = load_config([*overrides, *extra, *run.overrides], config_file, values=strategy_values(run.strategy))
         root = _data_root(cfg, console)
         cfg = replace(cfg, data=replace(cfg.data, root=str(root)))
         if base is None:
-            base = make_run_dir(cfg.run_dir, "sim-" + "-vs-".join(strategies))
-        run_dir = base / strategy
+            base = make_run_dir(cfg.run_dir, "sim-" + "-vs-".join(r.label for r in strategies))
+        run_dir = base / run.label
         is_resume = resume is not None and (run_dir / "checkpoints" / "latest.pt").exists()
-        console.rule(f"{strategy}: {len(cfg.data.sites)} sites × {cfg.fl.rounds} rounds "
-                     f"({describe_methods(cfg)})" + (" — resuming" if is_resume else ""))
+        title = f"{run.describe()} — {len(cfg.data.sites)} sites, {cfg.fl.rounds} rounds"
+        console.rule(f"{title} ({describe_methods(cfg)})" + (" — resuming" if is_resume else ""))
         simulate(cfg, run_dir, resume=is_resume, console=console)
-        console.print(write_summary(run_dir, f"{strategy} — {len(cfg.data.sites)} sites, {cfg.fl.rounds} rounds"))
-        runs[strategy] = run_dir
+        console.print(write_summary(run_dir, title))
+        runs[run.label] = run_dir
     assert base is not None
     if len(runs) > 1:
-        console.print(compare_runs(runs, base))
+        console.print(compare_runs(runs, base, {r.label: r.describe() for r in strategies}))
     else:
         c = run_curves(next(iter(runs.values())))
         if c["rounds"]:
             from fedreid.report import plot_curves
 
-            plot_curves({strategies[0]: c}, base)
+            plot_curves({strategies[0].label: c}, base)
     console.print(f"[bold]done in {time.perf_counter() - started:.0f} s[/] → {base}")
     return base

@@ -121,6 +121,21 @@ def test_scatter_kernels(backend, dtype):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_divide_or_keep_divides_where_kept_and_keeps_the_previous_value_elsewhere(backend, dtype):
+    rng = np.random.default_rng(8)
+    den = rng.random(1000).astype(dtype) + dtype(0.5)
+    den[rng.random(1000) < 0.3] = 0
+    num = np.where(den != 0, rng.standard_normal(1000), 0).astype(dtype)  # nobody kept: 0
+    previous = rng.standard_normal(1000).astype(dtype)
+    want = np.where(den != 0, num / np.where(den != 0, den, 1), previous)
+    got_den = den.copy()
+    scatter.divide_or_keep(num, got_den, previous, np.empty(1000, np.bool_), backend)
+    np.testing.assert_array_equal(num, want)  # the same float division, bit for bit
+    np.testing.assert_array_equal(got_den, np.where(den != 0, den, 1))  # DP divides by it next
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mask_aware", [True, False])
 @pytest.mark.parametrize("int_rule", ["mean", "max"])
 def test_fixed_weights_modes_and_dp(mask_aware, int_rule, backend):

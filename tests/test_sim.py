@@ -9,6 +9,7 @@ import pytest
 from rich.console import Console
 
 from fedreid.config import load_config
+from fedreid.config.presets import parse_strategy_runs
 from fedreid.report import compare_runs, run_curves, write_summary
 from sims.runner import backend_config
 
@@ -72,8 +73,28 @@ def test_summary_comparison_and_plots(tmp_path):
     assert "| **mean** | 0.1 | 0.3 |" in write_summary(a, "t")
     text = compare_runs({"fedklpr": a, "fedcapr": b}, tmp_path)
     assert "60.0%" in text  # 550 vs 1375 bytes
+    # The saving and the accuracy gap open the comparison, in one sentence.
+    assert text.splitlines()[2] == (
+        "**fedklpr** sent 60.0 % fewer bytes than **fedcapr** (0 MB against 0 MB: training and "
+        "evaluation, up and down) and ended 1.0 mAP points below it (final mean mAP 0.300 against 0.310).")
+    described = compare_runs({"fedklpr": a, "fedavg": b}, tmp_path,
+                             {"fedklpr": "fedklpr (codec.value_dtype=float16)", "fedavg": "fedavg"})
+    assert "- `fedklpr`: fedklpr (codec.value_dtype=float16)" in described
+    assert "than **fedavg**" in described
     for name in ("map_per_round.png", "bytes_per_round.png", "map_vs_bytes.png", "comparison.md"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_compare_entries_carry_their_own_overrides():
+    runs = parse_strategy_runs("fedklpr:codec.value_dtype=float16:prune.start_round=3, fedavg,fedklpr")
+    assert [(r.label, r.strategy, r.overrides) for r in runs] == [
+        ("fedklpr", "fedklpr", ("codec.value_dtype=float16", "prune.start_round=3")),
+        ("fedavg", "fedavg", ()), ("fedklpr-2", "fedklpr", ())]
+    assert runs[0].describe() == "fedklpr (codec.value_dtype=float16, prune.start_round=3)"
+    with pytest.raises(ValueError, match="fedklpr, fedcapr"):
+        parse_strategy_runs("fedkl")
+    with pytest.raises(ValueError, match="STRATEGY:key=value"):
+        parse_strategy_runs("fedklpr:float16")
 
 
 def test_summary_puts_reranked_figures_beside_plain_ones(tmp_path):
@@ -97,7 +118,7 @@ def test_real_flower_simulation(tmp_path):
     base = run_sim_command(
         ["data.sites=[market,cuhk01]", "data.height=32", "data.width=16", "fl.rounds=2",
          "train.max_batches=2", f"run_dir={tmp_path / 'runs'}", "sim.client_cpus=1"],
-        strategies=["fedklpr", "fedcapr"], data=data, resume=None, config_file=None, console=Console(),
+        strategies=parse_strategy_runs("fedklpr,fedcapr"), data=data, resume=None, config_file=None, console=Console(),
     )
     for strategy in ("fedklpr", "fedcapr"):
         c = run_curves(base / strategy)

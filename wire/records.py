@@ -8,6 +8,8 @@ makes, copied once instead of twice); the coordinator reads replies with
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
@@ -24,8 +26,22 @@ def to_array(value: np.ndarray) -> Array:
     return Array(dtype=str(a.dtype), shape=tuple(a.shape), stype=NUMPY_STYPE, data=npy_payload(a))
 
 
-def arrays_to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: to_array(v) for k, v in arrays.items()})
+def same_payload(array: Array) -> Array:
+    """A new Array around ``array``'s payload bytes (shared, not copied)."""
+    return Array(dtype=array.dtype, shape=tuple(array.shape), stype=array.stype, data=array.data)
+
+
+def record_of(arrays: Mapping[str, Array]) -> ArrayRecord:
+    """An ArrayRecord holding these Arrays themselves: ``ArrayRecord(dict)`` builds a second
+    Array per entry, which costs ~0.1 s per round of ResNet-50 downloads at 8 sites."""
+    record = ArrayRecord()
+    for key, array in arrays.items():
+        record[key] = array
+    return record
+
+
+def arrays_to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    return record_of({k: to_array(v) for k, v in arrays.items()})
 
 
 def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:

@@ -6,6 +6,8 @@ prune.enabled=true`` or a YAML file with ``method: {name: bot}`` still wins.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 STRATEGY_PRESETS: dict[str, list[str]] = {
     # FedKLPR (the paper): unsupervised CAP sites, KL regulariser, pruning + CRR, KLPWA, SAS.
     "fedklpr": [
@@ -44,3 +46,35 @@ def strategy_values(strategy: str) -> dict:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(OmegaConf.from_dotlist(strategy_overrides(strategy)))
+
+
+@dataclass(frozen=True)
+class StrategyRun:
+    """One entry of ``fedreid sim --compare``: a preset and the overrides only it gets."""
+
+    label: str  # its run folder and its name in comparison.md
+    strategy: str
+    overrides: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        return self.strategy + (f" ({', '.join(self.overrides)})" if self.overrides else "")
+
+
+def parse_strategy_runs(text: str) -> list[StrategyRun]:
+    """``STRATEGY[:key=value...]`` entries, comma-separated (``fedklpr:codec.value_dtype=float16,
+    fedavg``); the same preset twice gets folders ``fedklpr``, ``fedklpr-2``."""
+    runs: list[StrategyRun] = []
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        strategy, *own = entry.split(":")
+        strategy_overrides(strategy)  # fails naming the presets
+        bad = [o for o in own if "=" not in o]
+        if bad:
+            raise ValueError(f"strategy {entry!r}: {bad} are not key=value overrides; write "
+                             f"STRATEGY:key=value:key=value, e.g. fedklpr:codec.value_dtype=float16")
+        taken = sum(r.strategy == strategy for r in runs)
+        runs.append(StrategyRun(strategy if not taken else f"{strategy}-{taken + 1}", strategy, tuple(own)))
+    if not runs:
+        raise ValueError("no strategy given; e.g. --compare fedklpr,fedavg")
+    return runs

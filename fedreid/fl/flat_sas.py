@@ -402,15 +402,8 @@ class FlatSas:
             masked = self.mask_aware and any(key in f.masks for f in self._folded)
             if masked:
                 den = self._denominator(key, slot, weights)
-                # Previous value where den = 0, branch-free (a masked copy is 10x slower with
-                # scattered empties): num is exactly 0 there, so num / (den + e) + g * e.
-                empty = np.equal(den, 0, out=self._empty[: slot.size])
-                np.add(den, empty, out=den)
-                np.divide(num, den, out=num)
-                if empty.any():
-                    tmp = self._scratch[slot.group][: slot.size]
-                    np.multiply(self._flat(self._global, key), empty, out=tmp)
-                    np.add(num, tmp, out=num)
+                scatter.divide_or_keep(num, den, self._flat(self._global, key),
+                                       self._empty[: slot.size], self.backend)
             else:
                 num /= slot.group.type(total)
             if self.noise is not None and not key.endswith(LOCAL_SUFFIXES):

@@ -1,7 +1,8 @@
 """Scatter and gather at sorted, unique positions: the inner loops of the flat aggregator.
 
 ``fold`` adds weighted values into one or more flat buffers at a site's kept positions,
-``add_at``/``fill_at`` put one scalar there, ``take`` reads them. Compiled with numba when it
+``add_at``/``fill_at`` put one scalar there, ``take`` reads them; ``divide_or_keep`` is the
+dense finish (numerator over denominator, the previous value where nobody kept it). Compiled with numba when it
 is installed (plain loops: one pass folds a value into every numerator, ~1 ns per kept
 value); otherwise torch's ``index_add_``/``index_select`` on CPU views of the arrays (1.5-2x
 slower per numerator, one pass each). Both give the same float32 arithmetic per element:
@@ -55,6 +56,16 @@ if njit is not None:
         for i in range(pos.size):
             out[i] = src[pos[i]]
 
+    @njit(nogil=True, cache=True, boundscheck=False)
+    def _divide_or_keep(num, den, previous):  # pragma: no cover - compiled
+        for i in range(num.size):
+            d = den[i]
+            if d != 0:
+                num[i] = num[i] / d
+            else:
+                num[i] = previous[i]
+                den[i] = 1
+
 
 def tensor_view(a: np.ndarray) -> torch.Tensor:
     """A torch view of ``a``. Received arrays are read-only views of the wire bytes, which
@@ -95,6 +106,22 @@ def fill_at(target: np.ndarray, pos: np.ndarray, value: float, backend: str = BA
         _fill_const(target, pos, target.dtype.type(value))
         return
     torch.from_numpy(target).index_fill_(0, tensor_view(pos).long(), value)  # index_fill_ needs int64
+
+
+def divide_or_keep(num: np.ndarray, den: np.ndarray, previous: np.ndarray, empty: np.ndarray,
+                   backend: str = BACKEND) -> None:
+    """``num /= den`` where ``den != 0``, ``num = previous`` (and ``den = 1``) where it is 0:
+    SAS's finish for one tensor. ``empty`` is bool scratch of ``num``'s size (NumPy path)."""
+    if backend == "numba":
+        _divide_or_keep(num, den, previous)
+        return
+    # Branch-free (a masked copy is 10x slower with scattered empties): num is exactly 0 where
+    # den is, so num / (den + e) + previous * e.
+    np.equal(den, 0, out=empty)
+    np.add(den, empty, out=den)
+    np.divide(num, den, out=num)
+    if empty.any():
+        num += previous * empty
 
 
 def take(source: np.ndarray, pos: np.ndarray, backend: str = BACKEND) -> np.ndarray:

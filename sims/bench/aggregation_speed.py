@@ -36,7 +36,9 @@ every conv kernel pruned at random; KLPWA (convex, the default) weights from ran
 3. Bytes of one reply and one download (``serialized_nbytes`` = Flower's ``Array``
    payloads), ResNet-18 and ResNet-50, and the precision of half-precision values.
 
-Single-threaded on both sides by default (``--threads``), as NumPy is for Flower. The
+Both sides run with freed payload memory kept for reuse, as the coordinator runs
+(:mod:`server.memory`); ``--fresh-pages`` keeps glibc's defaults, where every round faults
+its payload pages in again. Single-threaded on both sides by default (``--threads``), as NumPy is for Flower. The
 machine's 1-minute load average is printed with the figures. ``--clock cpu`` times the
 calling thread's CPU time (user + system, page faults included) instead of wall time: on a
 shared, overloaded machine wall time mostly measures waiting for a core, and both sides run
@@ -77,6 +79,7 @@ from fedreid.fl.codec import (
 from fedreid.fl.flat_sas import FlatSas
 from fedreid.fl.sas import SasAccumulator
 from fedreid.fl.weight_rules import KlpwaWeights
+from server.memory import keep_freed_memory
 
 MB = 1e6
 DISTINCT = 8  # distinct site replies built; larger federations reuse them under new names
@@ -373,6 +376,8 @@ def load(path: Path):
 def child(method: str, n_sites: int, folder: Path) -> None:
     """Subprocess body: one cell of table 2, printed as 'seconds_per_site peak_bytes'."""
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
+    if not os.environ.get("BENCH_FRESH_PAGES"):
+        keep_freed_memory()
     quiet_flower()
     shapes = resnet_shapes()
     g, _ = make_site(shapes, 0.0, seed=10_000)
@@ -498,6 +503,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads on our side")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="wall time, or this thread's CPU time (for a loaded machine)")
+    p.add_argument("--fresh-pages", action="store_true",
+                   help="leave glibc's defaults (freed payloads unmapped, every round faults pages in)")
     p.add_argument("--only", choices=("round", "streaming", "bytes"), help="run one table")
     p.add_argument("--child", choices=("ours", "flower"), help=argparse.SUPPRESS)
     p.add_argument("--sites", type=int, help=argparse.SUPPRESS)
@@ -507,7 +514,11 @@ def main() -> None:
         child(args.child, args.sites, args.folder)
         return
     torch.set_num_threads(args.threads)
+    if not args.fresh_pages:
+        keep_freed_memory()  # as the coordinator does (server.memory); Flower's side gains too
     os.environ["BENCH_CLOCK"] = args.clock  # children inherit it
+    if args.fresh_pages:
+        os.environ["BENCH_FRESH_PAGES"] = "1"
     print(f"clock: {args.clock}; torch threads: {args.threads}")
     quiet_flower()
     if args.only in (None, "round"):
