@@ -209,6 +209,15 @@ def magnitude_prune(
     return new
 
 
+def target_reached(masks: Mapping[str, torch.Tensor], target: float) -> bool:
+    """Whether :func:`magnitude_prune` would prune nothing more: it stops at
+    ``floor(target × elements)`` pruned, so the sparsity it reaches is usually a hair under
+    ``target`` (0.29999995 for 0.3), which must not count as a step still to take."""
+    total = sum(m.numel() for m in masks.values())
+    kept = sum(int(m.sum()) for m in masks.values())
+    return total - kept >= _floor(target * total)
+
+
 def pruning_due(server_round: int, *, start_round: int, every: int, sparsity_now: float,
                 target: float, allowed: bool = True) -> bool:
     """Whether a site takes a pruning step after training ``server_round``.

@@ -159,6 +159,19 @@ def test_crr_restores_the_mask_and_halts_pruning_on_a_score_drop(tiny_data, tmp_
     assert trains[2]["pruned_this_round"] == 0 and trains[2]["prune_ratio"] == 0
 
 
+def test_a_site_at_its_target_sparsity_takes_no_more_steps_so_crr_is_not_armed(tiny_data, tmp_path):
+    """magnitude_prune stops a hair under the target (floor of target × elements); that must
+    count as reached, or every later round takes an empty step that CRR checks and may undo."""
+    cfg = tiny_config(tiny_data, rounds=3, extra=["prune.step=0.5", "prune.target=0.3", "crr.delta=1.0",
+                                                   "data.sites=[market]"])
+    grid = InProcessGrid(make_client_app(cfg, state_dir=tmp_path / "s"), {1: {"partition-id": 0}})
+    run_server(grid, cfg, tmp_path / "run", node_wait_s=1)
+    trains = [r["sites"]["market"] for r in load_records(tmp_path / "run") if r["kind"] == "train"]
+    assert [t["pruned_this_round"] for t in trains] == [1, 0, 0]
+    assert trains[0]["prune_ratio"] == trains[2]["prune_ratio"] == pytest.approx(0.3, abs=1e-6)
+    assert "crr_restored" not in trains[2]  # no empty step in round 2 for CRR to check
+
+
 def test_differential_privacy_clips_sites_and_noises_the_aggregate(tiny_data, tmp_path):
     cfg = tiny_config(tiny_data, rounds=2, extra=["dp.enabled=true", "dp.clipping_norm=0.5",
                                                   "dp.noise_multiplier=0.5", "eval.every=2"])

@@ -12,6 +12,7 @@ from fedreid.prune import (
     prunable_names,
     pruning_due,
     sparsity,
+    target_reached,
 )
 
 
@@ -208,6 +209,16 @@ def test_masked_parameters_reject_foreign_masks():
 def test_pruning_due_follows_start_every_target_and_recovery(server_round, sparsity_now, allowed, due):
     assert pruning_due(server_round, start_round=3, every=2, sparsity_now=sparsity_now,
                        target=0.6, allowed=allowed) is due
+
+
+def test_the_target_counts_as_reached_where_magnitude_pruning_stops():
+    state = {"a.weight": torch.randn(7, 7), "b.weight": torch.randn(3, 11)}  # 82 elements
+    masks = init_masks(state, list(state))
+    masks = magnitude_prune(state, masks, step=0.9, target=0.3)
+    assert sparsity(masks) < 0.3 and target_reached(masks, 0.3)  # 24 of 82 = floor(24.6)
+    again = magnitude_prune(state, masks, step=0.9, target=0.3)
+    assert all(torch.equal(again[k], masks[k]) for k in masks)  # nothing left to prune
+    assert not target_reached(masks, 0.35)
 
 
 def test_pruning_due_rejects_a_schedule_without_steps():
