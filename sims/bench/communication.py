@@ -12,7 +12,8 @@ Bytes count every serialized array the coordinator sent and received — trainin
 evaluation, up and down. Writes ``runs.jsonl`` (one line per run, as it finishes),
 ``communication.md`` (mean ± spread over seeds; the saving and the mAP gap against the
 baseline are taken per seed, then averaged) and ``communication.png`` (mean mAP against
-cumulative bytes).
+cumulative bytes). ``--tabulate A/runs.jsonl B/runs.jsonl`` runs nothing and tables earlier
+runs together (seeds or variants run in parallel, each pair with its baseline by seed).
 """
 
 from __future__ import annotations
@@ -136,13 +137,23 @@ def compare(variants: list[str], baseline: str, seeds: list[int], overrides: lis
                 f.write(json.dumps(rows[-1]) + "\n")
             print(f"{variant} seed {seed}: mAP {rows[-1]['mAP']:.4f}, {rows[-1]['total'] / 1e6:,.1f} MB, "
                   f"{rows[-1]['seconds']:.0f} s", flush=True)
+    write_results(rows, baseline, f"overrides: `{' '.join(overrides)}`", out)
+    return rows
+
+
+def write_results(rows: list[dict[str, Any]], baseline: str, what: str, out: Path) -> None:
+    """communication.md (the table) and communication.png (the curves) in ``out``."""
+    if not any(r["variant"] == baseline for r in rows):
+        raise SystemExit(f"baseline {baseline!r} is not among the runs' variants "
+                         f"{sorted({r['variant'] for r in rows})}; pass --baseline")
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = sorted({r["seed"] for r in rows})
     table = summary_table(rows, baseline)
-    header = (f"# FedKLPR vs dense, {len(seeds)} seed(s)\n\noverrides: `{' '.join(overrides)}`\n\n"
+    header = (f"# FedKLPR vs dense, {len(seeds)} seed(s)\n\n{what}\n\n"
               "mean ± sd over seeds; saving and gap are per seed against the baseline, then averaged.")
     (out / "communication.md").write_text(f"{header}\n\n{table}\n")
     plot(rows, out / "communication.png")
     print(f"\n{table}\n\nresults: {out}")
-    return rows
 
 
 def compare_from_command_line(description: str, *, seeds: str, variants: str, prefix: str,
@@ -154,9 +165,16 @@ def compare_from_command_line(description: str, *, seeds: str, variants: str, pr
     p.add_argument("--variants", default=variants)
     p.add_argument("--baseline", default="fedcapr@float32")
     p.add_argument("--out", default="")
+    p.add_argument("--tabulate", nargs="+", type=Path, metavar="RUNS_JSONL",
+                   help="run nothing: table and plot the runs.jsonl of earlier runs (e.g. seeds or "
+                        "variants run in parallel) into --out")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix=prefix))
+    if args.tabulate:
+        rows = [json.loads(line) for f in args.tabulate for line in f.read_text().splitlines() if line.strip()]
+        write_results(rows, args.baseline, f"runs from {', '.join(map(str, args.tabulate))}", out)
+        return rows, out
     rows = compare(args.variants.split(","), args.baseline, [int(s) for s in args.seeds.split(",")],
                    [*extra, *args.overrides], out)
     return rows, out
