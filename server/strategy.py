@@ -55,7 +55,6 @@ from wire.records import (
     record_nbytes,
     record_of,
     record_views,
-    same_payload,
     to_array,
 )
 
@@ -217,9 +216,9 @@ class FedReIDStrategy(FedAvg):
             for key in arrays.keys() - common.keys():
                 if key.endswith(SHARED_PARTS):
                     common[key] = to_array(arrays[key])
-            # A fresh Array per record around the shared payload bytes: Flower marks Arrays
-            # while it sends them, so two messages never share one.
-            record = record_of({k: same_payload(common[k]) if k.endswith(SHARED_PARTS) else to_array(v)
+            # The same Array objects in every record: Flower caches an Array's chunks and
+            # content id on the object, so sending them once per round hashes them once.
+            record = record_of({k: common[k] if k.endswith(SHARED_PARTS) else to_array(v)
                                 for k, v in arrays.items()})
         self._train.down += record_nbytes(record)
         self._train.dense += self.dense_nbytes

@@ -26,11 +26,6 @@ def to_array(value: np.ndarray) -> Array:
     return Array(dtype=str(a.dtype), shape=tuple(a.shape), stype=NUMPY_STYPE, data=npy_payload(a))
 
 
-def same_payload(array: Array) -> Array:
-    """A new Array around ``array``'s payload bytes (shared, not copied)."""
-    return Array(dtype=array.dtype, shape=tuple(array.shape), stype=array.stype, data=array.data)
-
-
 def record_of(arrays: Mapping[str, Array]) -> ArrayRecord:
     """An ArrayRecord holding these Arrays themselves: ``ArrayRecord(dict)`` builds a second
     Array per entry, which costs ~0.1 s per round of ResNet-50 downloads at 8 sites."""
