@@ -93,3 +93,20 @@ def test_files_and_overrides_win_over_strategy_presets(tmp_path):
 def test_demo_config_loads():
     cfg = load_config([], ROOT / "sims" / "configs" / "demo.yaml")
     assert cfg.method.name == "bot" and cfg.fl.rounds >= 3
+
+
+def test_the_demo_compares_half_precision_fedklpr_with_dense_float32_fedavg():
+    """What `make demo` runs: its --compare entries over the demo file, as the CLI resolves them."""
+    import re
+
+    from fedreid.config.presets import parse_strategy_runs, strategy_values
+
+    line = next(x for x in (ROOT / "Makefile").read_text().splitlines() if "fedreid sim --compare" in x)
+    runs = parse_strategy_runs(re.search(r"--compare (\S+)", line).group(1))
+    cfgs = {r.strategy: load_config(list(r.overrides), ROOT / "sims" / "configs" / "demo.yaml",
+                                    values=strategy_values(r.strategy)) for r in runs}
+    assert set(cfgs) == {"fedklpr", "fedavg"}
+    ours, dense = cfgs["fedklpr"], cfgs["fedavg"]
+    assert ours.codec.value_dtype == "float16" and ours.prune.enabled and ours.prune.start_round == 3
+    assert dense.codec.value_dtype == "float32" and not dense.prune.enabled
+    assert ours.method.name == dense.method.name == "bot" and ours.fl.rounds == dense.fl.rounds
