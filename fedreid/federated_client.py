@@ -194,6 +194,7 @@ class FederatedClient:
         use_crr = cfg.crr.enabled and cfg.prune.enabled
         crr = (CrossRoundRecovery.from_dict(self.state.crr) if self.state.crr else
                CrossRoundRecovery(delta=cfg.crr.delta, halt=cfg.crr.halt, pause_rounds=cfg.crr.pause_rounds))
+        crr.begin_round()
         labels = self._crr_labels() if use_crr else None
         score = float("nan")
         if use_crr and crr.pending:

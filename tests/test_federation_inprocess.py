@@ -159,6 +159,22 @@ def test_crr_restores_the_mask_and_halts_pruning_on_a_score_drop(tiny_data, tmp_
     assert trains[2]["pruned_this_round"] == 0 and trains[2]["prune_ratio"] == 0
 
 
+def test_crr_pause_stops_pruning_for_its_rounds_then_resumes(tiny_data, tmp_path, monkeypatch):
+    """halt=pause: a restore in round 2 pauses rounds 2 and 3; round 4 prunes again, though
+    nothing was pending to check in round 3."""
+    from fedreid.federated_client import FederatedClient
+
+    scores = iter([0.9, 0.1] + [0.1] * 20)  # round 1 records 0.9; round 2's download: 0.1
+    monkeypatch.setattr(FederatedClient, "crr_score", lambda self, labels: next(scores))
+    cfg = tiny_config(tiny_data, rounds=4, extra=["crr.delta=0.05", "crr.halt=pause", "crr.pause_rounds=2",
+                                                   "data.sites=[market]", "eval.every=4"])
+    grid = InProcessGrid(make_client_app(cfg, state_dir=tmp_path / "s"), {1: {"partition-id": 0}})
+    run_server(grid, cfg, tmp_path / "run", node_wait_s=1)
+    trains = [r["sites"]["market"] for r in load_records(tmp_path / "run") if r["kind"] == "train"]
+    assert [t["pruned_this_round"] for t in trains] == [1, 0, 0, 1]
+    assert trains[1]["crr_restored"] == 1 and not any(t["crr_halted"] for t in trains)
+
+
 def test_a_site_at_its_target_sparsity_takes_no_more_steps_so_crr_is_not_armed(tiny_data, tmp_path):
     """magnitude_prune stops a hair under the target (floor of target × elements); that must
     count as reached, or every later round takes an empty step that CRR checks and may undo."""

@@ -18,8 +18,9 @@ computed elsewhere; two options:
   (neighbour agreement) or a cluster-compactness score (mean cosine similarity of features
   to their DBSCAN cluster centroid, higher = tighter clusters).
 
-Rounds are counted by ``check_downloaded`` calls, i.e. rounds this site takes part in.
-While a pruning step is unchecked, ``can_prune`` is False, so a backup is never overwritten
+Rounds are counted by ``begin_round`` calls, which the site makes at the start of every
+round it takes part in (a pause must run out in rounds without a pending step too, when
+there is nothing to check). While a pruning step is unchecked, ``can_prune`` is False, so a backup is never overwritten
 before it was judged. The whole state serialises to a flat dict of plain values and
 arrays (``to_dict`` / ``from_dict``) for the site's state file.
 """
@@ -112,11 +113,15 @@ class CrossRoundRecovery:
         self._masks = _copy(masks, "masks")
         self._labels = None if labels is None else np.array(labels, copy=True)
 
+    def begin_round(self) -> None:
+        """A new round: a pause has one round less to run. A restore in round t pauses
+        rounds t .. t + pause_rounds - 1; pruning resumes in round t + pause_rounds."""
+        if self.pause_left > 0:
+            self.pause_left -= 1
+
     def check_downloaded(self, score: float) -> CRRDecision:
         """Stage 2: judge the last pruning step by the downloaded model's score."""
         score = _finite(score, "score")
-        if self.pause_left > 0:
-            self.pause_left -= 1
         reference = self._score
         if reference is None:
             return CRRDecision("skip", score)
