@@ -194,8 +194,8 @@ def compare_runs(runs: dict[str, Path], out_dir: Path, descriptions: dict[str, s
             continue
         total = c["bytes_up"] + c["bytes_down"]
         reduction = (1 - total / base_bytes) if base_bytes else float("nan")
-        rows.append([name, c["mAP"][0], c["mAP"][-1], c["rank1"][-1], c["personal_mAP"][-1],
-                     c["bytes_up"], c["bytes_down"], c["train_bytes"], c["eval_bytes"],
+        mb = [f"{b / 1e6:,.1f} MB" for b in (c["bytes_up"], c["bytes_down"], c["train_bytes"], c["eval_bytes"])]
+        rows.append([name, c["mAP"][0], c["mAP"][-1], c["rank1"][-1], c["personal_mAP"][-1], *mb,
                      f"{100 * reduction:.1f}%" if name != base_name else "—"])
     headers = ["strategy", "mean mAP round 0", "mean mAP final", "mean Rank-1 final",
                "personal mAP final", "bytes up", "bytes down", "of which training", "of which evaluation",
