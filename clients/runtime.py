@@ -33,6 +33,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 
+from clients import notices
 from fedreid.client_state import ClientState
 from fedreid.config import from_flat
 from fedreid.config.schema import FedReIDConfig
@@ -42,6 +43,8 @@ from fedreid.federated_client import FederatedClient
 from fedreid.methods import get_method
 from fedreid.training import initial_shared_state
 from wire.records import arrays_to_record, record_to_arrays
+
+notices.install()  # Ray actors import this module: their shutdown notice is dropped there
 
 STATE_ARRAYS = "fedreid.site-arrays"
 STATE_SCALARS = "fedreid.site-scalars"
