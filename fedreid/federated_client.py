@@ -36,7 +36,6 @@ from fedreid.prune import (
     prunable_names,
     pruning_due,
     sparsity,
-    target_reached,
 )
 from fedreid.training import LocalTrainer, ProgressFn, initial_shared_state, stream_seed
 
@@ -250,9 +249,8 @@ class FederatedClient:
             self.state.masks = _numpy(init_masks(self.model, names))
         masks = self._device_masks()
         ratio = sparsity(masks)
-        due = not target_reached(masks, p.target) and pruning_due(
-            server_round, start_round=p.start_round, every=p.every, sparsity_now=ratio, target=p.target,
-            allowed=crr.can_prune(ratio, p.target))
+        due = pruning_due(server_round, start_round=p.start_round, every=p.every, masks=masks, target=p.target,
+                          allowed=crr.can_prune(ratio, p.target))
         if not due:
             return {"prune_ratio": ratio, "pruned_this_round": 0.0}
         if self.cfg.crr.enabled and np.isfinite(score):

@@ -19,7 +19,8 @@ lets the overall sparsity of the prunable weights exceed ``target``. The number 
 ``scope="layer"`` (the baselines' choice, keeps thin layers alive) gives every tensor its
 proportional share of that number (floor or ceil of its exact share, largest remainder
 first), each taken by magnitude within the tensor. When a site prunes is
-:func:`pruning_due`, a pure function of the round and the schedule. Ties at a threshold are broken by position (tensor
+:func:`pruning_due`, a pure function of the round, the schedule and the masks (the target
+counts as reached where magnitude pruning stops). Ties at a threshold are broken by position (tensor
 order, then row-major index), so results are deterministic.
 
 Training with masks: wrap the model's masked parameters once per round
@@ -218,17 +219,17 @@ def target_reached(masks: Mapping[str, torch.Tensor], target: float) -> bool:
     return total - kept >= _floor(target * total)
 
 
-def pruning_due(server_round: int, *, start_round: int, every: int, sparsity_now: float,
+def pruning_due(server_round: int, *, start_round: int, every: int, masks: Mapping[str, torch.Tensor],
                 target: float, allowed: bool = True) -> bool:
     """Whether a site takes a pruning step after training ``server_round``.
 
-    Steps happen every ``every`` rounds from ``start_round`` while the site's sparsity is
-    below ``target`` and nothing (cross-round recovery) forbids it.
+    Steps happen every ``every`` rounds from ``start_round`` until ``masks`` reach ``target``
+    (:func:`target_reached`) and while nothing (cross-round recovery) forbids them.
     """
     if every < 1:
         raise ValueError(f"every={every}: prune every N >= 1 rounds")
     on_schedule = server_round >= start_round and (server_round - start_round) % every == 0
-    return allowed and on_schedule and sparsity_now < target - 1e-12
+    return allowed and on_schedule and not target_reached(masks, target)
 
 
 def apply_masks(model_or_state: StateLike, masks: Mapping[str, torch.Tensor]) -> None:

@@ -194,6 +194,13 @@ def test_masked_parameters_reject_foreign_masks():
         MaskedParameters(model, {"nope.weight": torch.ones(2, dtype=torch.bool)})
 
 
+def masks_at(sparsity_now: float, elements: int = 1000) -> dict[str, torch.Tensor]:
+    """One mask of ``elements`` with ``sparsity_now`` of them pruned (rounded to an element)."""
+    m = torch.ones(elements, dtype=torch.bool)
+    m[: round(sparsity_now * elements)] = False
+    return {"w": m}
+
+
 @pytest.mark.parametrize(
     "server_round, sparsity_now, allowed, due",
     [
@@ -207,7 +214,7 @@ def test_masked_parameters_reject_foreign_masks():
     ],
 )
 def test_pruning_due_follows_start_every_target_and_recovery(server_round, sparsity_now, allowed, due):
-    assert pruning_due(server_round, start_round=3, every=2, sparsity_now=sparsity_now,
+    assert pruning_due(server_round, start_round=3, every=2, masks=masks_at(sparsity_now),
                        target=0.6, allowed=allowed) is due
 
 
@@ -223,4 +230,4 @@ def test_the_target_counts_as_reached_where_magnitude_pruning_stops():
 
 def test_pruning_due_rejects_a_schedule_without_steps():
     with pytest.raises(ValueError, match="every=0"):
-        pruning_due(1, start_round=1, every=0, sparsity_now=0.0, target=0.6)
+        pruning_due(1, start_round=1, every=0, masks=masks_at(0.0), target=0.6)
