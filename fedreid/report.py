@@ -181,11 +181,12 @@ def headline(name: str, c: dict, base_name: str, base: dict) -> str:
 def compare_runs(runs: dict[str, Path], out_dir: Path, descriptions: dict[str, str] | None = None) -> str:
     """comparison.md and plots for several strategies run with the same seed. ``descriptions``:
     what each run is (its preset and own overrides), by run name. The first run that is not
-    FedKLPR is the baseline; the text opens with each other run's saving and accuracy gap."""
+    FedKLPR (``fedklpr``, ``fedklpr-2``, …) is the baseline; the text opens with each other
+    run's saving and accuracy gap."""
     out_dir = Path(out_dir)
     curves = {name: run_curves(path) for name, path in runs.items()}
     describe = descriptions or {}
-    base_name = next((n for n in curves if not describe.get(n, n).startswith("fedklpr")), None)
+    base_name = next((n for n in curves if not n.startswith("fedklpr")), None)
     base_bytes = (curves[base_name]["bytes_up"] + curves[base_name]["bytes_down"]) if base_name else 0
     rows = []
     for name, c in curves.items():

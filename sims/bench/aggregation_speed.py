@@ -368,6 +368,13 @@ class PeakRss:
         self.peak = max(self.peak, self.rss())
 
 
+def allocator_as_asked() -> None:
+    """Keep freed memory as the coordinator does (:mod:`server.memory`; Flower's side gains
+    too), unless ``--fresh-pages`` (``BENCH_FRESH_PAGES``) asked for glibc's defaults."""
+    if not os.environ.get("BENCH_FRESH_PAGES"):
+        keep_freed_memory()
+
+
 def load(path: Path):
     with open(path, "rb") as f:
         return pickle.load(f)
@@ -376,8 +383,7 @@ def load(path: Path):
 def child(method: str, n_sites: int, folder: Path) -> None:
     """Subprocess body: one cell of table 2, printed as 'seconds_per_site peak_bytes'."""
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
-    if not os.environ.get("BENCH_FRESH_PAGES"):
-        keep_freed_memory()
+    allocator_as_asked()
     quiet_flower()
     shapes = resnet_shapes()
     g, _ = make_site(shapes, 0.0, seed=10_000)
@@ -514,11 +520,9 @@ def main() -> None:
         child(args.child, args.sites, args.folder)
         return
     torch.set_num_threads(args.threads)
-    if not args.fresh_pages:
-        keep_freed_memory()  # as the coordinator does (server.memory); Flower's side gains too
-    os.environ["BENCH_CLOCK"] = args.clock  # children inherit it
-    if args.fresh_pages:
-        os.environ["BENCH_FRESH_PAGES"] = "1"
+    os.environ["BENCH_CLOCK"] = args.clock  # children inherit both
+    os.environ["BENCH_FRESH_PAGES"] = "1" if args.fresh_pages else ""
+    allocator_as_asked()
     print(f"clock: {args.clock}; torch threads: {args.threads}")
     quiet_flower()
     if args.only in (None, "round"):

@@ -30,7 +30,7 @@ import numpy as np
 from fedreid.config.presets import strategy_overrides
 from fedreid.fl.codec import VALUE_DTYPES
 from fedreid.report import run_curves
-from fedreid.runlog import markdown_table
+from fedreid.runlog import markdown_table, read_jsonl
 from sims.runner import run_in_process
 
 DIRECTIONS = ("train_up", "train_down", "eval_up", "eval_down")
@@ -172,7 +172,10 @@ def compare_from_command_line(description: str, *, seeds: str, variants: str, pr
     args = p.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix=prefix))
     if args.tabulate:
-        rows = [json.loads(line) for f in args.tabulate for line in f.read_text().splitlines() if line.strip()]
+        missing = [str(f) for f in args.tabulate if not f.is_file()]
+        if missing:
+            raise SystemExit(f"--tabulate: {missing} not found; give the runs.jsonl of earlier runs")
+        rows = [row for f in args.tabulate for row in read_jsonl(f)]
         write_results(rows, args.baseline, f"runs from {', '.join(map(str, args.tabulate))}", out)
         return rows, out
     rows = compare(args.variants.split(","), args.baseline, [int(s) for s in args.seeds.split(",")],
