@@ -26,13 +26,17 @@ class ClientState:
     method: dict[str, np.ndarray] = field(default_factory=dict)
     local_model: dict[str, np.ndarray] = field(default_factory=dict)
     crr: dict[str, Any] = field(default_factory=dict)
+    # codec.upload=difference-int8: what int8 rounding left out of the last upload, sent with
+    # the next one (error feedback), so no part of an update is lost for good
+    upload_residual: dict[str, np.ndarray] = field(default_factory=dict)
     rounds_trained: int = 0
     last_round: int = 0
 
     def to_flat(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """One dict of arrays and one of scalars (Flower records and state files hold these)."""
         arrays: dict[str, np.ndarray] = {}
-        for kind, items in (("mask", self.masks), ("method", self.method), ("model", self.local_model)):
+        for kind, items in (("mask", self.masks), ("method", self.method), ("model", self.local_model),
+                            ("residual", self.upload_residual)):
             arrays.update({f"{kind}/{k}": v for k, v in items.items()})
         scalars: dict[str, Any] = {"version": STATE_VERSION, "rounds_trained": self.rounds_trained,
                                    "last_round": self.last_round}
@@ -52,7 +56,7 @@ class ClientState:
         state = cls(rounds_trained=int(scalars.get("rounds_trained", 0)),
                     last_round=int(scalars.get("last_round", 0)))
         targets = {"mask": state.masks, "method": state.method, "model": state.local_model,
-                   "crr": state.crr}
+                   "crr": state.crr, "residual": state.upload_residual}
         for key, value in [*arrays.items(), *scalars.items()]:
             kind, sep, name = key.partition("/")
             if sep and kind in targets:

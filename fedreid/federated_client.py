@@ -23,6 +23,7 @@ from fedreid.fl.codec import (
     encode_sparse,
     initial_digest,
     mask_digests,
+    rounding_left_out,
     state_digest,
 )
 from fedreid.fl.crr import CrossRoundRecovery, restored_weights
@@ -280,10 +281,18 @@ class FederatedClient:
             shared, norm = clip_to_download(shared, download, masks, self.cfg.dp.clipping_norm)
             metrics["dp_update_norm"] = norm
             metrics["dp_clipped"] = float(norm > self.cfg.dp.clipping_norm)
-        differences = self.cfg.codec.upload == "difference"
-        return encode_sparse(shared, masks, value_dtype=self.cfg.codec.value_dtype,
-                             receiver_digests=self._held, reference=download if differences else None,
-                             reference_masks=self._download_masks)
+        upload = self.cfg.codec.upload
+        int8 = upload == "difference-int8"
+        if int8:  # error feedback: what rounding left out last round travels now
+            carried = self.state.upload_residual
+            shared = {k: v + carried[k] if k in carried else v for k, v in shared.items()}
+        encoded = encode_sparse(shared, masks, value_dtype=self.cfg.codec.value_dtype,
+                                receiver_digests=self._held,
+                                reference=download if upload != "absolute" else None,
+                                reference_masks=self._download_masks, int8_differences=int8)
+        if int8:
+            self.state.upload_residual = rounding_left_out(shared, masks, download, encoded)
+        return encoded
 
     # ---- evaluation -------------------------------------------------------------------------
     def evaluate_round(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:

@@ -10,6 +10,7 @@ from hypothesis.extra.numpy import array_shapes
 
 from fedreid.fl.accounting import serialized_nbytes
 from fedreid.fl.codec import (
+    DELTA_BLOCK,
     INITIAL_KEY,
     MaskMismatch,
     decode_masks,
@@ -22,6 +23,8 @@ from fedreid.fl.codec import (
     npy_payload,
     npy_view,
     pack_mask,
+    quantise_int8,
+    rounding_left_out,
     split_encoded,
     state_digest,
     to_wire_values,
@@ -473,3 +476,70 @@ def test_validation_accepts_differences_and_rejects_non_finite_ones():
     arrays["w::delta"] = arrays["w::delta"].copy()
     arrays["w::delta"][0] = np.inf
     assert any("NaN or infinity" in p for p in validate_encoded(arrays, shapes))
+
+
+# ---- int8 differences (codec.upload=difference-int8) -----------------------------------------
+def test_int8_differences_cost_a_byte_each_and_round_within_half_a_scale_step():
+    download, trained, masks = _download_and_update(4, 1e-3)
+    arrays = encode_sparse(trained, masks, value_dtype="float16", reference=download,
+                           reference_masks=masks, int8_differences=True)
+    kept = int(masks["w"].sum())
+    assert arrays["w::delta"].dtype == np.int8 and arrays["w::delta"].size == kept
+    assert arrays["w::scale"].dtype == np.float32 and arrays["w::scale"].size == -(-kept // DELTA_BLOCK)
+    state, got_masks = decode_sparse(arrays, reference=download)
+    update = (trained["w"] - download["w"])[masks["w"]]
+    error = np.abs(state["w"][masks["w"]] - trained["w"][masks["w"]])
+    assert error.max() <= np.abs(update).max() / 254 + 1e-7  # + float32 rounding of the sum
+    np.testing.assert_array_equal(got_masks["w"], masks["w"])
+    assert validate_encoded(arrays, {k: v.shape for k, v in trained.items()}) == []
+
+
+def test_int8_blocks_keep_their_own_scale_so_one_large_update_spares_the_others():
+    x = np.full(3 * DELTA_BLOCK, 1e-6, dtype=np.float32)
+    x[0] = 1.0  # one large difference in the first block only
+    q, scale = quantise_int8(x)
+    assert scale.size == 3 and scale[0] == np.float32(1.0 / 127)
+    assert (q[:DELTA_BLOCK][1:] == 0).all() and (q[DELTA_BLOCK:] == 127).all()
+
+
+def test_rounding_left_out_arrives_with_the_next_upload():
+    """Error feedback: an update below this round's rounding step is carried, not lost."""
+    download, trained, masks = _download_and_update(5, 1e-3)
+    trained["w"][masks["w"]] += 1e-7  # far below 1/254 of the largest difference
+    arrays = encode_sparse(trained, masks, reference=download, reference_masks=masks,
+                           int8_differences=True)
+    left = rounding_left_out(trained, masks, download, arrays)
+    sent, _ = decode_sparse(arrays, reference=download)
+    np.testing.assert_allclose(sent["w"] + left["w"], trained["w"], rtol=0, atol=1e-7)
+    assert not left["w"][~masks["w"]].any() and set(left) == {"w"}
+    # the next round sends the same model plus what was left: nothing of this round is lost
+    carried = {"w": trained["w"] + left["w"], "b": trained["b"]}
+    again = encode_sparse(carried, masks, reference=download, reference_masks=masks,
+                          int8_differences=True)
+    second, _ = decode_sparse(again, reference=download)
+    assert np.abs(second["w"] - trained["w"]).mean() < np.abs(sent["w"] - trained["w"]).mean() * 2
+
+
+@pytest.mark.parametrize(("part", "bad", "message"), [
+    ("w::scale", lambda s: np.where(np.arange(s.size) == 0, np.nan, s).astype(np.float32), "NaN"),
+    ("w::scale", lambda s: -s, "negative"),
+    ("w::scale", lambda s: s[:-1], "one per"),
+    ("w::scale", lambda s: s.astype(np.float64), "float32"),
+    ("w::delta", lambda q: q.astype(np.int16), "int8"),
+])
+def test_validation_rejects_bad_int8_differences(part, bad, message):
+    download, trained, masks = _download_and_update(6, 1e-3)
+    arrays = encode_sparse(trained, masks, reference=download, reference_masks=masks,
+                           int8_differences=True)
+    arrays[part] = bad(arrays[part])
+    problems = validate_encoded(arrays, {k: v.shape for k, v in trained.items()})
+    assert any(message in p and "w" in p for p in problems), problems
+    with pytest.raises(ValueError, match=message):
+        split_encoded(arrays)
+
+
+def test_a_non_finite_difference_is_refused_at_the_site():
+    download, trained, masks = _download_and_update(7, 1e-3)
+    trained["w"][masks["w"]] = np.nan
+    with pytest.raises(ValueError, match="'w'.*NaN"):
+        encode_sparse(trained, masks, reference=download, reference_masks=masks, int8_differences=True)

@@ -110,3 +110,9 @@ def test_the_demo_compares_half_precision_fedklpr_with_dense_float32_fedavg():
     assert ours.codec.value_dtype == "float16" and ours.prune.enabled and ours.prune.start_round == 3
     assert dense.codec.value_dtype == "float32" and not dense.prune.enabled
     assert ours.method.name == dense.method.name == "bot" and ours.fl.rounds == dense.fl.rounds
+
+
+def test_int8_uploads_with_dp_fail_naming_the_fix():
+    with pytest.raises(ConfigError, match="codec.upload=difference .or absolute. with DP"):
+        load_config(["dp.enabled=true", "codec.upload=difference-int8"])
+    assert load_config(["codec.upload=difference-int8"]).codec.upload == "difference-int8"

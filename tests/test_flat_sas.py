@@ -367,6 +367,25 @@ def test_replies_sent_as_differences_fold_like_values(value_dtype):
     assert_close(acc.result(), got)
 
 
+def test_int8_differences_fold_to_the_float32_differences_global_within_their_rounding():
+    rng = np.random.default_rng(7)
+    g = global_state(rng)
+    site_list = sites(rng, g)
+    for state, _, _ in site_list:
+        for k in MASKED:
+            state[k] = np.where(state[k] != 0, g[k] + 0.01 * state[k], 0).astype(g[k].dtype)
+    exact, int8 = FlatSas(g), FlatSas(g)
+    for i, (state, masks, _) in enumerate(site_list):
+        exact.fold(f"s{i}", encode_sparse(state, masks, reference=g), 1.0 + i)
+        arrays = encode_sparse(state, masks, reference=g, int8_differences=True)
+        assert any(k.endswith("::scale") for k in arrays)
+        int8.fold(f"s{i}", arrays, 1.0 + i)
+    got, want = int8.result(), exact.result()
+    for k in MASKED:
+        step = max(np.abs(s[k] - g[k] * (s[k] != 0)).max(initial=0) for s, _, _ in site_list) / 254
+        assert np.abs(got[k] - want[k]).max(initial=0) <= step + 1e-6, k
+
+
 def test_differences_keep_updates_a_half_precision_download_rounds_away():
     """Sites download global ⊙ mask in float16 and add an update far below its rounding; with
     differences the coordinator's float32 global moves by the update, with values it does not."""

@@ -77,6 +77,27 @@ def test_seeded_start_two_rounds_and_changed_masks_only(tiny_site):
     assert sum(v.nbytes for v in up2.values()) < 0.5 * sum(v.nbytes for v in encode_sparse(init, {}).values())
 
 
+def test_int8_uploads_carry_their_rounding_to_the_next_round(tiny_site):
+    cfg = config()
+    cfg.codec.upload = "difference-int8"
+    init = initial_shared_state(cfg, "bot")
+    shapes = {k: v.shape for k, v in init.items()}
+    server = FlatSas(init, weight_rule("klpwa"))
+    site = FederatedClient(cfg, tiny_site)
+    up, metrics = site.train_round(encode_initial(state_digest(init)), 1)
+    int8_names = {k[: -len("::scale")] for k in up if k.endswith("::scale")}
+    assert int8_names and all(up[f"{k}::delta"].dtype == np.int8 for k in int8_names)
+    left = site.state.upload_residual
+    assert set(left) == int8_names and any(np.abs(v).max() > 0 for v in left.values())
+    for name in int8_names:  # nothing is carried where the site pruned
+        assert not left[name][~site.state.masks[name]].any()
+    reply = check_reply(up, metrics, shapes=shapes, known_masks=server.known_masks("market"))
+    server.fold("market", reply, reply.metrics)
+    server.result()
+    dense_bytes = sum(v.nbytes for v in encode_sparse(init, {}).values())
+    assert sum(v.nbytes for v in up.values()) < 0.45 * dense_bytes  # a byte a kept value (+ bitmap)
+
+
 def test_codec_upload_absolute_sends_the_values_themselves(tiny_site):
     cfg = config()
     cfg.codec.upload = "absolute"

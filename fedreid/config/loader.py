@@ -147,6 +147,12 @@ def validate(cfg: FedReIDConfig) -> None:
             f"dp.clipping_norm={dp.clipping_norm} must be > 0, dp.noise_multiplier="
             f"{dp.noise_multiplier} >= 0 and dp.delta={dp.delta} in (0, 1)"
         )
+    if dp.enabled and cfg.codec.upload == "difference-int8":
+        raise ConfigError(
+            "codec.upload=difference-int8 with dp.enabled=true: the int8 rounding a site carries "
+            "to its next upload would bypass the clipping bound that DP's noise is sized for; use "
+            "codec.upload=difference (or absolute) with DP"
+        )
     if cfg.model.parts < 0 or cfg.model.vit_depth < 0:
         raise ConfigError(f"model.parts={cfg.model.parts} and model.vit_depth={cfg.model.vit_depth} must be >= 0")
     if cfg.train.batch_size % cfg.train.num_instances:

@@ -133,7 +133,8 @@ class CodecConfig:
     value_dtype: str = "float32"  # a name in fedreid.fl.codec.VALUE_DTYPES
     # absolute: a site sends its kept values | difference: the values minus its download, which
     # the coordinator adds to its float32 global (no update lost to half-precision rounding;
-    # README: Benchmarks, for why it is not the default)
+    # README: Benchmarks, for why it is not the default) | difference-int8: those differences
+    # in one byte each (a float32 scale per 512), rounding carried to the next upload
     upload: str = "absolute"
     # Round one (and the round-0 evaluation) without a model download: sites build the initial
     # model from the seed and check it against the coordinator's digest (a download otherwise).

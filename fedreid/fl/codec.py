@@ -27,6 +27,11 @@ ndarrays, one per key, ready for an ``ArrayRecord``:
   them to the float32 global it holds (its master copy), so neither the rounding of a
   half-precision download nor that of the upload loses an update smaller than half a
   float16 step of its weight; :func:`decode_sparse` adds them to a ``reference`` state;
+- ``"<name>::delta"`` int8 with ``"<name>::scale"`` (``codec.upload=difference-int8``): the
+  same differences in one byte each, ``delta * scale`` with one float32 scale per
+  :data:`DELTA_BLOCK` values (the block's largest difference / 127; :func:`quantise_int8`).
+  A round's update is ~1e-3 of its weight, so the rounding error (at most 1/254 of the
+  block's largest update) is far below a float16 value's (2**-12 of the weight itself);
 - ``"<name>::shape"``  int64 1-D array with the tensor's shape (empty for a scalar);
 - ``"<name>::dense"``  unmasked tensors as they are (own dtype; BN parameters, running
   statistics and integer buffers such as ``num_batches_tracked``);
@@ -76,17 +81,22 @@ from numpy.lib import format as npy_format
 from fedreid.fl.scatter import tensor_view
 
 SEP = "::"
-SPARSE_PARTS = ("bits", "values", "delta", "shape", "digest")  # every part a sparse tensor may carry
+SPARSE_PARTS = ("bits", "values", "delta", "scale", "shape", "digest")  # every part a sparse tensor may carry
 FULL_PARTS = frozenset(("bits", "values", "shape"))  # mask sent
 KNOWN_PARTS = frozenset(("digest", "values", "shape"))  # mask held by the receiver
-DELTA_KINDS = {FULL_PARTS - {"values"} | {"delta"}: "full", KNOWN_PARTS - {"values"} | {"delta"}: "known"}
+DELTA_KINDS = {
+    parts - {"values"} | delta: kind
+    for parts, kind in ((FULL_PARTS, "full"), (KNOWN_PARTS, "known"))
+    for delta in ({"delta"}, {"delta", "scale"})  # differences: in a value dtype, or int8 + scales
+}
+DELTA_BLOCK = 512  # int8 differences share one float32 scale per this many values (0.8 % more bytes)
 ALL_PARTS = frozenset(("values", "shape"))  # every element kept, half precision (downloads)
 INITIAL_KEY = f"{SEP}initial"  # no tensor name: cannot clash with a state key
 # A site that cannot rebuild the initial model says so with an error holding this text; the
 # coordinator then sends it the model (errors reach it as text only).
 INITIAL_MISMATCH = "initial model digest differs"
 VALUE_DTYPES = ("float32", "float16", "bfloat16")
-UPLOADS = ("absolute", "difference")  # codec.upload: what a site's masked values are
+UPLOADS = ("absolute", "difference", "difference-int8")  # codec.upload: what a site's masked values are
 DIGEST_BYTES = 8
 _FP16_MAX = float(np.finfo(np.float16).max)
 # Wire dtype of the values array -> the value dtype it carries.
@@ -227,6 +237,47 @@ def values_f32(values: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
+def quantise_int8(differences: np.ndarray, name: str = "values") -> tuple[np.ndarray, np.ndarray]:
+    """``(q, scale)``: int8 ``q`` and one float32 ``scale`` per :data:`DELTA_BLOCK` values with
+    ``q * scale`` the differences rounded to nearest (scale = the block's largest magnitude /
+    127, 0 for an all-zero block). Raises ValueError on a non-finite difference."""
+    x = torch.from_numpy(np.ascontiguousarray(differences, dtype=np.float32).reshape(-1))
+    n = x.numel()
+    blocks = -(-n // DELTA_BLOCK)
+    padded = torch.zeros(blocks * DELTA_BLOCK)
+    padded[:n] = x
+    padded = padded.view(blocks, DELTA_BLOCK)
+    scale = padded.abs().amax(dim=1) / 127 if n else torch.zeros(0)
+    if not bool(torch.isfinite(scale).all()):
+        raise ValueError(f"{name!r}: differences contain NaN or infinity; nothing to send")
+    divisor = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(padded / divisor[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q.view(-1)[:n].numpy().copy(), scale.numpy()
+
+
+def dequantise_int8(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """float32 ``q * scale`` of :func:`quantise_int8` (one scale per :data:`DELTA_BLOCK`)."""
+    n = q.size
+    padded = np.zeros(scale.size * DELTA_BLOCK, dtype=np.float32)
+    padded[:n] = q
+    blocks = padded.reshape(scale.size, DELTA_BLOCK)
+    blocks *= scale.astype(np.float32, copy=False)[:, None]
+    return padded[:n]
+
+
+def _int8_problem(name: str, q: np.ndarray, scale: np.ndarray) -> str | None:
+    """What is wrong with an int8 ``::delta`` and its ``::scale`` (None when nothing)."""
+    if q.dtype != np.int8 or q.ndim != 1:
+        return f"{name}: int8 differences must be 1-D int8, got {q.dtype} {q.shape}"
+    blocks = -(-q.size // DELTA_BLOCK)
+    if scale.dtype != np.float32 or scale.shape != (blocks,):
+        return (f"{name}: scales must be float32 ({blocks},) for {q.size} int8 differences "
+                f"(one per {DELTA_BLOCK}), got {scale.dtype} {scale.shape}")
+    if scale.size and not (np.isfinite(scale).all() and scale.min() >= 0):
+        return f"{name}: scales contain NaN, infinity or a negative value"
+    return None
+
+
 def value_dtype_of(values: np.ndarray) -> str | None:
     """The value dtype a wire values array carries (None for anything else)."""
     return _WIRE.get(values.dtype)
@@ -263,6 +314,7 @@ def encode_sparse(
     receiver_digests: Mapping[str, bytes] | None = None,
     reference: Mapping[str, np.ndarray] | None = None,
     reference_masks: Mapping[str, np.ndarray] | None = None,
+    int8_differences: bool = False,
 ) -> dict[str, np.ndarray]:
     """Flat wire arrays for ``state``; tensors named in ``masks`` are sent sparse.
 
@@ -274,6 +326,7 @@ def encode_sparse(
     values minus the reference's, when every kept position held a value in the reference:
     ``reference_masks`` gives the download's own masks (positions outside them arrived as 0,
     not as the global's value, so a tensor keeping one of them is sent as plain values).
+    ``int8_differences`` sends those differences as int8 with per-block scales.
     """
     if value_dtype not in VALUE_DTYPES:
         raise ValueError(f"value_dtype: {value_dtype!r} is not one of {VALUE_DTYPES}")
@@ -306,6 +359,8 @@ def encode_sparse(
         base = _reference_values(name, flat_mask, t.shape, reference, reference_masks)
         if base is None:
             out[f"{name}{SEP}values"] = to_wire_values(values, value_dtype, name)
+        elif int8_differences:
+            out[f"{name}{SEP}delta"], out[f"{name}{SEP}scale"] = quantise_int8(values - base, name)
         else:
             out[f"{name}{SEP}delta"] = to_wire_values(values - base, value_dtype, name)
         out[f"{name}{SEP}shape"] = np.asarray(t.shape, dtype=np.int64)
@@ -399,13 +454,20 @@ def _parts_kind(parts: Mapping[str, np.ndarray]) -> str | None:
 def _parts_error(name: str, parts: Mapping[str, np.ndarray]) -> str:
     return (
         f"{name}: got parts {sorted(parts)}; expected 'dense' alone, {sorted(FULL_PARTS)}, "
-        f"{sorted(KNOWN_PARTS)} ('delta' in place of 'values' in uploads) or (downloads only) "
+        f"{sorted(KNOWN_PARTS)} ('delta', or int8 'delta' and 'scale', in place of 'values' in "
+        f"uploads) or (downloads only) "
         f"{sorted(ALL_PARTS)}"
     )
 
 
-def _values_part(parts: Mapping[str, np.ndarray]) -> tuple[np.ndarray, bool]:
-    """A sparse tensor's kept values and whether they are differences (``delta``)."""
+def _values_part(name: str, parts: Mapping[str, np.ndarray]) -> tuple[np.ndarray, bool]:
+    """A sparse tensor's kept values and whether they are differences (``delta``); int8
+    differences come back as float32 (raises ValueError when they or their scales are bad)."""
+    if "scale" in parts:
+        problem = _int8_problem(name, parts["delta"], parts["scale"])
+        if problem:
+            raise ValueError(problem)
+        return dequantise_int8(parts["delta"], parts["scale"]), True
     return (parts["delta"], True) if "delta" in parts else (parts["values"], False)
 
 
@@ -468,7 +530,7 @@ def split_encoded(
             raise ValueError(_parts_error(name, parts))
         shape = _shape_of(name, parts["shape"])
         n = prod(shape)
-        values, delta = _values_part(parts)
+        values, delta = _values_part(name, parts)
         if values.ndim != 1 or (values.dtype.kind != "f" and values.dtype != np.uint16):
             raise ValueError(f"{name!r}: values must be a 1-D float array, got {values.dtype}")
         if kind == "all":
@@ -542,6 +604,18 @@ def decode_sparse(
     return state, masks
 
 
+def rounding_left_out(
+    state: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray],
+    reference: Mapping[str, np.ndarray], encoded: Mapping[str, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """For each tensor ``encoded`` sends as int8 differences: ``state`` minus what the
+    receiver decodes (zero where pruned). A site adds it to its next upload (error
+    feedback), so an update too small for this round's scale still arrives later."""
+    sent, _ = decode_sparse(encoded, known_masks=masks, reference=reference)
+    return {name: np.where(masks[name], np.asarray(state[name]) - sent[name], 0).astype(np.float32)
+            for name in masks if f"{name}{SEP}scale" in encoded}
+
+
 def decode_masks(
     arrays: Mapping[str, np.ndarray],
     known_masks: Mapping[str, PackedMask | np.ndarray] | None = None,
@@ -601,7 +675,11 @@ def _check_sparse(
         if n % 8 and bits[-1] & ((1 << (8 - n % 8)) - 1):
             problems.append(f"{name}: padding bits of the last bitmap byte are set")
         kept, digest = _popcount(bits, n), None
-    values, delta = _values_part(parts)
+    try:
+        values, delta = _values_part(name, parts)
+    except ValueError as err:
+        problems.append(str(err))
+        return None
     if value_dtype_of(values) is None or values.ndim != 1:
         problems.append(
             f"{name}: values must be 1-D float32/float16/bfloat16 (uint16 bits), got "
