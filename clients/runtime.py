@@ -40,6 +40,7 @@ from fedreid.config.schema import FedReIDConfig
 from fedreid.data.split_images import SplitImages, load_split_images
 from fedreid.deploy.processes import exit_when_orphaned
 from fedreid.federated_client import FederatedClient
+from fedreid.fl.view import SiteView
 from fedreid.methods import get_method
 from fedreid.training import initial_shared_state
 from wire.records import arrays_to_record, record_to_arrays
@@ -48,6 +49,8 @@ notices.install()  # Ray actors import this module: their shutdown notice is dro
 
 STATE_ARRAYS = "fedreid.site-arrays"
 STATE_SCALARS = "fedreid.site-scalars"
+VIEW_ARRAYS = "fedreid.view-arrays"  # codec.download=difference-int8: the coordinator's view, cached
+VIEW_TOKEN = "fedreid.view-token"
 PROGRESS_EVERY_S = 10.0  # a training site logs its progress at most this often
 ORPHAN_GRACE_S = 10.0  # a ClientApp whose SuperNode died exits this long after
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -144,8 +147,25 @@ def site_images(cfg: FedReIDConfig, ident: NodeBinding) -> SplitImages:
     return _DATA_CACHE[key]
 
 
-def client_for(cfg: FedReIDConfig, ident: NodeBinding, state: ClientState | None = None) -> FederatedClient:
-    return FederatedClient(cfg, site_images(cfg, ident), state, method_name=ident.method)
+def client_for(cfg: FedReIDConfig, ident: NodeBinding, state: ClientState | None = None,
+               view: SiteView | None = None) -> FederatedClient:
+    return FederatedClient(cfg, site_images(cfg, ident), state, method_name=ident.method, view=view)
+
+
+def load_view(context: Context) -> SiteView:
+    """The coordinator's view as this node last held it in this Flower run (a cache: a
+    restarted site starts without one and is sent the whole view)."""
+    if VIEW_ARRAYS not in context.state.array_records:
+        return SiteView()
+    token = int(str(context.state[VIEW_TOKEN]["token"]))
+    return SiteView(record_to_arrays(context.state[VIEW_ARRAYS]), token)
+
+
+def save_view(context: Context, view: SiteView | None) -> None:
+    if view is not None and view.state:
+        context.state[VIEW_ARRAYS] = arrays_to_record(view.state)
+        # as text: a ConfigRecord holds signed 64-bit integers only
+        context.state[VIEW_TOKEN] = ConfigRecord({"token": str(view.token)})
 
 
 def _context_state(context: Context) -> ClientState | None:
@@ -286,11 +306,12 @@ def handle_train(msg: Message, context: Context, base: FedReIDConfig | None = No
     if state.last_round == 0 and server_round > 1 and ident.state_dir:
         log(INFO, "site %s: no state of this run (%s) here; round %d starts from the download",
             ident.name, ident.state_dir.name, server_round)
-    client = client_for(cfg, ident, state)
+    client = client_for(cfg, ident, state, _view_for(cfg, context))
     arrays = record_to_arrays(msg.content["arrays"])
     reply_arrays, metrics = client.train_round(arrays, server_round,
                                                progress=_progress_logger(ident.name, server_round))
     save_state(context, ident, client.state, server_round)
+    save_view(context, client.view)
     if ident.state_dir:
         for path in client.method.site_files(ident.state_dir / "files", server_round):
             log(INFO, "site %s: wrote %s", ident.name, path)
@@ -307,9 +328,15 @@ def handle_evaluate(msg: Message, context: Context, base: FedReIDConfig | None =
     ident = identify(cfg, context, state_dir)
     if ident.state_dir:
         commit_through(ident, int(msg.content["config"]["server-round"]))  # evaluated = committed
-    client = client_for(cfg, ident, load_state(context, ident))
+    client = client_for(cfg, ident, load_state(context, ident), _view_for(cfg, context))
     arrays = record_to_arrays(msg.content["arrays"])
-    return _reply(msg, None, client.evaluate_round(arrays), ident)
+    metrics = client.evaluate_round(arrays)
+    save_view(context, client.view)
+    return _reply(msg, None, metrics, ident)
+
+
+def _view_for(cfg: FedReIDConfig, context: Context) -> SiteView | None:
+    return load_view(context) if cfg.codec.download == "difference-int8" else None
 
 
 def handle_query(msg: Message, context: Context, base: FedReIDConfig | None = None,

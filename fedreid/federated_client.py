@@ -22,12 +22,14 @@ from fedreid.fl.codec import (
     decode_sparse,
     encode_sparse,
     initial_digest,
+    mask_digest,
     mask_digests,
     rounding_left_out,
     state_digest,
 )
 from fedreid.fl.crr import CrossRoundRecovery, restored_weights
 from fedreid.fl.dp import clip_to_download
+from fedreid.fl.view import HELD_KEY, VIEW_KEY, SiteView, bool_masks_digest, initial_token
 from fedreid.losses import mean_kl_divergence
 from fedreid.models import load_subset, local_subset, state_subset
 from fedreid.prune import (
@@ -64,7 +66,7 @@ class FederatedClient:
     """One site's federated behaviour for every strategy."""
 
     def __init__(self, cfg: FedReIDConfig, images: SplitImages, state: ClientState | None = None,
-                 method_name: str | None = None):
+                 method_name: str | None = None, view: SiteView | None = None):
         self.cfg = cfg
         self.images = images
         self.trainer = LocalTrainer(cfg, images, method_name)
@@ -77,6 +79,11 @@ class FederatedClient:
         self._held: dict[str, bytes] = {}  # digests of this site's masks the coordinator holds
         # the last download's own masks: positions outside them arrived as 0, not as the global
         self._download_masks: dict[str, np.ndarray] = {}
+        # codec.download=difference-int8: the coordinator's view this site holds (downloads
+        # are steps from it)
+        if view is None and cfg.codec.download == "difference-int8":
+            view = SiteView()
+        self.view = view
 
     @property
     def method_name(self) -> str:
@@ -108,7 +115,11 @@ class FederatedClient:
                     f"{self.cfg.seed}, the coordinator holds {digest} (other weights or settings); "
                     "the coordinator sends the model instead")
             self._held, self._download_masks = {}, {}
+            if self.view is not None:
+                self.view.reset(initial, initial_token(digest))
             return initial
+        if VIEW_KEY in arrays:
+            return self._apply_view(arrays)
         try:
             download, self._download_masks = decode_sparse(arrays, known_masks=self.state.masks)
         except MaskMismatch as exc:
@@ -117,6 +128,21 @@ class FederatedClient:
                 f"({exc}); the coordinator forgets them and sends the next download dense",
                 exc.names) from None
         self._held = mask_digests(arrays)
+        return download
+
+    def _apply_view(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A download that moves the site's view (codec.download=difference-int8): the whole
+        model, which the site cuts with its own masks; the upload sends a digest instead of
+        a bitmap where the coordinator holds the site's masks."""
+        if self.view is None:
+            raise ValueError("the download is a view step (codec.download=difference-int8) but this "
+                             "site runs with another codec.download; coordinator and site must "
+                             "share the run config")
+        download = dict(self.view.apply(arrays))
+        self._download_masks = {}
+        own = self.state.masks
+        held = HELD_KEY in arrays and bytes(np.asarray(arrays[HELD_KEY], np.uint8)) == bool_masks_digest(own)
+        self._held = {k: mask_digest(np.packbits(m.reshape(-1)), m.shape) for k, m in own.items()} if held else {}
         return download
 
     def load_global(self, arrays: dict[str, np.ndarray], *, local: bool = True,

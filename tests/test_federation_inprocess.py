@@ -221,3 +221,52 @@ def test_the_same_config_and_seed_give_identical_metrics(tiny_data, tmp_path):
         run_server(grid, cfg, tmp_path / name, node_wait_s=1)
         runs.append(_comparable(load_records(tmp_path / name)))
     assert runs[0] == runs[1]
+
+
+def test_int8_view_downloads_send_each_global_once_and_sites_hold_the_coordinators_view(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, rounds=3, extra=("codec.download=difference-int8",
+                                                  "codec.upload=difference-int8", "eval.every=2"))
+    grid = federation(cfg, tmp_path / "state")
+    strategy = run_server(grid, cfg, tmp_path / "run", node_wait_s=1)
+    records = load_records(tmp_path / "run")
+    trains = [r for r in records if r["kind"] == "train"]
+    evals = {r["round"]: r for r in records if r["kind"] == "evaluate"}
+    assert sorted(evals) == [0, 2, 3] and all(not r["failures"] for r in trains)
+    # dense_bytes counts a float32 model each way per site: a quarter of it is a byte a weight.
+    # Round 1: the seeded start; round 2: one int8 step; round 3: the round-2 evaluation
+    # already carried the global, so only tokens travel.
+    one_way = trains[1]["dense_bytes"] / 2
+    assert trains[0]["bytes_down"] < 1000 * len(SITES)
+    assert 0.24 * one_way < trains[1]["bytes_down"] < 0.27 * one_way
+    assert trains[2]["bytes_down"] < 1000 * len(SITES)
+    assert evals[2]["bytes_down"] < 0.27 * evals[2]["dense_bytes"]
+    # uploads: int8 differences (a byte a kept weight, plus bitmaps in rounds that prune)
+    assert all(r["bytes_up"] < 0.32 * r["dense_bytes"] / 2 for r in trains)
+    from clients.runtime import load_view
+
+    for context in grid.contexts.values():
+        view = load_view(context)
+        assert view.token == strategy.view.token
+        for key, value in strategy.view.view.items():
+            np.testing.assert_array_equal(view.state[key], value, err_msg=key)
+
+
+def test_a_site_that_lost_its_view_is_sent_the_whole_view(tiny_data, tmp_path, monkeypatch):
+    import clients.runtime as runtime
+
+    calls = {"n": 0}
+    real = runtime.load_view
+
+    def forgetful(context):  # the 10th call is the first site's round-2 training
+        calls["n"] += 1
+        return runtime.SiteView() if calls["n"] == 10 else real(context)
+
+    monkeypatch.setattr(runtime, "load_view", forgetful)
+    cfg = tiny_config(tiny_data, rounds=2, extra=("codec.download=difference-int8",))
+    run_server(federation(cfg, tmp_path / "state"), cfg, tmp_path / "run", node_wait_s=1)
+    trains = [r for r in load_records(tmp_path / "run") if r["kind"] == "train"]
+    assert calls["n"] > 10 and all(not r["failures"] for r in trains)
+    assert set(trains[1]["sites"]) == set(SITES)  # repaired, not dropped
+    # one whole float32 view on top of the token-only downloads
+    one_model = trains[0]["dense_bytes"] / (2 * len(SITES))
+    assert one_model * 0.99 < trains[1]["bytes_down"] < one_model * 1.01

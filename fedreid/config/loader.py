@@ -19,7 +19,7 @@ def choices() -> dict[str, tuple[str, ...]]:
     from fedreid.config.presets import STRATEGY_PRESETS
     from fedreid.eval.protocols import RERANKERS
     from fedreid.eval.rerank import KWF_WEIGHTINGS
-    from fedreid.fl.codec import UPLOADS, VALUE_DTYPES
+    from fedreid.fl.codec import DOWNLOADS, UPLOADS, VALUE_DTYPES
     from fedreid.fl.crr import HALT_MODES, RESTORE_MODES
     from fedreid.fl.weights import COMBINES, KLAW_SIGNS, PRAW_FORMS, WEIGHTINGS
     from fedreid.losses.kl import DIRECTIONS
@@ -44,6 +44,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         "crr.restore": RESTORE_MODES,
         "codec.value_dtype": VALUE_DTYPES,
         "codec.upload": UPLOADS,
+        "codec.download": DOWNLOADS,
         "fl.strategy": tuple(STRATEGY_PRESETS),
         "eval.rerank": RERANKERS,
         "eval.kwf_weighting": KWF_WEIGHTINGS,

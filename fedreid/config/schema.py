@@ -136,6 +136,10 @@ class CodecConfig:
     # README: Benchmarks, for why it is not the default) | difference-int8: those differences
     # in one byte each (a float32 scale per 512), rounding carried to the next upload
     upload: str = "absolute"
+    # values: each download is the global ⊙ the site's mask in value_dtype | difference-int8:
+    # one byte a weight, the int8 step from the model the site already holds to the new global
+    # (nothing when it holds it already; fedreid.fl.view)
+    download: str = "values"
     # Round one (and the round-0 evaluation) without a model download: sites build the initial
     # model from the seed and check it against the coordinator's digest (a download otherwise).
     seeded_start: bool = True

@@ -97,6 +97,7 @@ INITIAL_KEY = f"{SEP}initial"  # no tensor name: cannot clash with a state key
 INITIAL_MISMATCH = "initial model digest differs"
 VALUE_DTYPES = ("float32", "float16", "bfloat16")
 UPLOADS = ("absolute", "difference", "difference-int8")  # codec.upload: what a site's masked values are
+DOWNLOADS = ("values", "difference-int8")  # codec.download: what a download is (fedreid.fl.view)
 DIGEST_BYTES = 8
 _FP16_MAX = float(np.finfo(np.float16).max)
 # Wire dtype of the values array -> the value dtype it carries.
