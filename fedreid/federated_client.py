@@ -100,8 +100,9 @@ class FederatedClient:
     def decode_download(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The downloaded shared model, dense. A download without bitmaps is cut with the
         site's own masks (the coordinator sent their digests); a seeded download is the run's
-        initial model, rebuilt here and checked against the coordinator's digest. Remembers
-        which masks the coordinator holds, so the reply sends only changed bitmaps."""
+        initial model, rebuilt here and checked against the coordinator's digest; a view step
+        (codec.download=difference-int8) moves the site's copy of the coordinator's view.
+        Remembers which masks the coordinator holds, so the reply sends only changed bitmaps."""
         digest = initial_digest(arrays)
         if digest is not None:
             try:

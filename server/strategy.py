@@ -263,7 +263,10 @@ class FedReIDStrategy(FedAvg):
         arrays = self.view.download(self._view_held.get(site) if site else None, self.cfg.codec.value_dtype)
         held = masks_digest({k: m.digest for k, m in self.flat.known_masks(site).items()}) if site else b""
         self._view_sent[node] = self.view.token
-        record = {k: common.setdefault(str(id(v)), to_array(v)) for k, v in arrays.items()}
+        for v in arrays.values():
+            if str(id(v)) not in common:
+                common[str(id(v))] = to_array(v)
+        record = {k: common[str(id(v))] for k, v in arrays.items()}
         if held:
             record[HELD_KEY] = to_array(np.frombuffer(held, dtype=np.uint8).copy())
         return record_of(record)

@@ -136,6 +136,24 @@ def test_divide_or_keep_divides_where_kept_and_keeps_the_previous_value_elsewher
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n", [0, 1, 511, 512, 1537])
+def test_quantise_rounds_each_block_by_its_own_scale_alike_on_every_backend(backend, n):
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal(n) * 1e-3).astype(np.float32)
+    x[512:1024] = 0  # an all-zero block: scale 0, q 0
+    q, scale = scatter.quantise(x, 512, backend)
+    assert q.dtype == np.int8 and scale.dtype == np.float32 and scale.size == -(-n // 512)
+    ref_q, ref_scale = scatter.quantise(x, 512, "torch")
+    np.testing.assert_array_equal(scale, ref_scale)
+    np.testing.assert_array_equal(q, ref_q)
+    blocks = np.repeat(scale, 512)[:n]
+    assert np.all(np.abs(q * blocks - x) <= blocks / 2 + 1e-12) and np.abs(q).max(initial=0) <= 127
+    bad = x.copy() if n else np.zeros(1, np.float32)
+    bad[-1] = np.nan
+    assert scatter.quantise(bad, 512, backend) is None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mask_aware", [True, False])
 @pytest.mark.parametrize("int_rule", ["mean", "max"])
 def test_fixed_weights_modes_and_dp(mask_aware, int_rule, backend):

@@ -78,7 +78,7 @@ import numpy as np
 import torch
 from numpy.lib import format as npy_format
 
-from fedreid.fl.scatter import tensor_view
+from fedreid.fl.scatter import quantise, tensor_view
 
 SEP = "::"
 SPARSE_PARTS = ("bits", "values", "delta", "scale", "shape", "digest")  # every part a sparse tensor may carry
@@ -242,18 +242,10 @@ def quantise_int8(differences: np.ndarray, name: str = "values") -> tuple[np.nda
     """``(q, scale)``: int8 ``q`` and one float32 ``scale`` per :data:`DELTA_BLOCK` values with
     ``q * scale`` the differences rounded to nearest (scale = the block's largest magnitude /
     127, 0 for an all-zero block). Raises ValueError on a non-finite difference."""
-    x = torch.from_numpy(np.ascontiguousarray(differences, dtype=np.float32).reshape(-1))
-    n = x.numel()
-    blocks = -(-n // DELTA_BLOCK)
-    padded = torch.zeros(blocks * DELTA_BLOCK)
-    padded[:n] = x
-    padded = padded.view(blocks, DELTA_BLOCK)
-    scale = padded.abs().amax(dim=1) / 127 if n else torch.zeros(0)
-    if not bool(torch.isfinite(scale).all()):
+    out = quantise(differences, DELTA_BLOCK)
+    if out is None:
         raise ValueError(f"{name!r}: differences contain NaN or infinity; nothing to send")
-    divisor = torch.where(scale > 0, scale, torch.ones_like(scale))
-    q = torch.round(padded / divisor[:, None]).clamp_(-127, 127).to(torch.int8)
-    return q.view(-1)[:n].numpy().copy(), scale.numpy()
+    return out
 
 
 def dequantise_int8(q: np.ndarray, scale: np.ndarray) -> np.ndarray:

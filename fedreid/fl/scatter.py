@@ -2,7 +2,9 @@
 
 ``fold`` adds weighted values into one or more flat buffers at a site's kept positions,
 ``add_at``/``fill_at`` put one scalar there, ``take`` reads them; ``divide_or_keep`` is the
-dense finish (numerator over denominator, the previous value where nobody kept it). Compiled with numba when it
+dense finish (numerator over denominator, the previous value where nobody kept it);
+``quantise`` makes int8 differences with per-block scales (the codec's int8 uploads and
+view steps). Compiled with numba when it
 is installed (plain loops: one pass folds a value into every numerator, ~1 ns per kept
 value); otherwise torch's ``index_add_``/``index_select`` on CPU views of the arrays (1.5-2x
 slower per numerator, one pass each). Both give the same float32 arithmetic per element:
@@ -65,6 +67,24 @@ if njit is not None:
             else:
                 num[i] = previous[i]
                 den[i] = 1
+
+    @njit(nogil=True, cache=True, boundscheck=False)
+    def _quantise(x, block, q, scale):  # pragma: no cover - compiled
+        for b in range(scale.size):
+            lo = b * block
+            hi = min(lo + block, x.size)
+            m = np.float32(0.0)
+            for i in range(lo, hi):
+                a = abs(x[i])
+                if not a <= m:  # a NaN lands here too and makes the scale NaN
+                    m = a
+            s = m / np.float32(127.0)
+            scale[b] = s
+            if not np.isfinite(s):
+                return False
+            for i in range(lo, hi):
+                q[i] = np.int8(min(127.0, max(-127.0, np.rint(x[i] / s)))) if s > 0 else np.int8(0)
+        return True
 
 
 def tensor_view(a: np.ndarray) -> torch.Tensor:
@@ -132,3 +152,25 @@ def take(source: np.ndarray, pos: np.ndarray, backend: str = BACKEND) -> np.ndar
     else:
         torch.index_select(torch.from_numpy(source), 0, tensor_view(pos), out=torch.from_numpy(out))
     return out
+
+
+def quantise(x: np.ndarray, block: int, backend: str = BACKEND) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(q, scale)``: int8 ``q = rint(x / scale)`` with one float32 ``scale`` per ``block``
+    values (the block's largest magnitude / 127; 0 and q = 0 for an all-zero block). None when
+    ``x`` has a NaN or infinity. Compiled: two passes per block; torch: a padded copy and
+    five whole-array passes (10x slower on a ResNet-50)."""
+    x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    n = x.size
+    blocks = -(-n // block)
+    if backend == "numba":
+        q, scale = np.empty(n, dtype=np.int8), np.empty(blocks, dtype=np.float32)
+        return (q, scale) if _quantise(x, block, q, scale) else None
+    padded = torch.zeros(blocks * block)
+    padded[:n] = torch.from_numpy(x)
+    padded = padded.view(blocks, block)
+    scale = padded.abs().amax(dim=1) / 127 if n else torch.zeros(0)
+    if not bool(torch.isfinite(scale).all()):
+        return None
+    divisor = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(padded / divisor[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q.view(-1)[:n].numpy().copy(), scale.numpy()

@@ -15,7 +15,10 @@ every conv kernel pruned at random; KLPWA (convex, the default) weights from ran
      from the flat global, digests, dense tensors; the dense ``Array``s shared by the
      records). ``held`` = replies refer to masks the server holds by digest (every round
      once the target sparsity is reached); ``sent`` = every mask changed (bitmaps sent, kept
-     positions recomputed); ``held+DP`` adds the noise and the ``dp_accounting`` ledger.
+     positions recomputed); ``held+DP`` adds the noise and the ``dp_accounting`` ledger;
+     ``int8`` = ``codec.upload`` and ``codec.download=difference-int8``: held replies of int8
+     differences, folded onto the global, then the view's int8 step to the new global
+     (quantised once a round) shared by every site's download.
    - ``old``: the previous path (``validate_encoded``, ``SasAccumulator.add_encoded``, and
      ``encode_sparse`` + ``Array(ndarray)`` downloads with bitmaps).
    - ``flower``: ``FedAvg().aggregate_train`` on the same site states sent dense (one
@@ -146,6 +149,10 @@ def site_replies(shapes, sparsity: float, seed: int, want_dense: tuple[str, ...]
     for vd in ("float32", "float16"):
         out[f"sent/{vd}"] = payloads(encode_sparse(state, masks, value_dtype=vd))
         out[f"held/{vd}"] = payloads(encode_sparse(state, masks, value_dtype=vd, receiver_digests=held))
+    # int8 differences from a download (their values do not change the work: zeros stand in)
+    zeros = {k: np.zeros_like(v) for k, v in state.items()}
+    out["held/int8"] = payloads(encode_sparse(state, masks, receiver_digests=held, reference=zeros,
+                                              int8_differences=True))
     for vd in want_dense:
         out[f"dense/{vd}"] = payloads({k: v.astype(vd) if v.dtype.kind == "f" else v
                                        for k, v in state.items()})
@@ -254,7 +261,7 @@ def our_message(node: int, site: str, data: dict[str, bytes], metrics: dict[str,
     return msg
 
 
-def make_strategy(g, names: list[str], vd: str, dp: bool):
+def make_strategy(g, names: list[str], vd: str, dp: bool, int8: bool = False):
     """The coordinator's strategy for ``names``, each admitted on node k + 1."""
     from fedreid.config import load_config
     from server.strategy import FedReIDStrategy
@@ -262,6 +269,8 @@ def make_strategy(g, names: list[str], vd: str, dp: bool):
     over = [f"codec.value_dtype={vd}", f"data.sites=[{','.join(names)}]"]
     if dp:
         over += ["dp.enabled=true", "dp.noise_multiplier=1.0", "dp.clipping_norm=5.0"]
+    if int8:
+        over += ["codec.upload=difference-int8", "codec.download=difference-int8"]
     strat = FedReIDStrategy(load_config(over), g, num_sites=len(names), node_wait_s=0.0)
     strat.state.node_site.update({k + 1: name for k, name in enumerate(names)})
     return strat
@@ -288,8 +297,18 @@ def round_cell(g, sites, spec, vd: str, repeats: int, loads: list[float]) -> dic
              for d in ("float32", "float16")}
     weights = rule.reference([site["metrics"] for site in sites])
     ours, dp = make_strategy(g, names, vd, dp=False), make_strategy(g, names, vd, dp=True)
-    for strat in (ours, dp):
+    int8 = make_strategy(g, names, vd, dp=False, int8=True)
+    for strat in (ours, dp, int8):
         strategy_round(strat, msgs["sent"], grid, 1)  # the server now holds every mask
+    int8_msgs = [our_message(k + 1, name, site["held/int8"], site["metrics"])
+                 for k, (name, site) in enumerate(zip(names, sites, strict=True))]
+
+    def int8_round() -> None:
+        """int8 differences up; each site's download one int8 step of the view (every site
+        holds the view before it, as in a federation where all take part)."""
+        int8._view_round = -1  # the round's global is new: the view takes a step
+        int8._view_held = dict.fromkeys(names, int8.view.token)
+        strategy_round(int8, int8_msgs, grid, 2)
 
     def sent() -> None:
         for name in names:
@@ -303,6 +322,7 @@ def round_cell(g, sites, spec, vd: str, repeats: int, loads: list[float]) -> dic
         "dp": lambda: strategy_round(dp, msgs["held"], grid, 2),
         "old": lambda: old_round(g, replies, spec, vd, weights),
         "flower16": lambda: flower_round(dense["float16"]),
+        "int8": int8_round,
     }
     rows: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(repeats):
@@ -322,7 +342,7 @@ def round_table(sparsity: float, repeats: int) -> None:
           f"pruned, KLPWA; median of {repeats} interleaved repeats, seconds "
           f"(ratio: median of per-repeat ratios to flower fp32)")
     header = f"  {'sites':>5} {'values':>7} {'flower':>7} {'flower16':>8} {'ours held':>9} {'ratio':>6} " \
-             f"{'ours sent':>9} {'ratio':>6} {'held+DP':>8} {'old':>6} {'ratio':>6}"
+             f"{'ours sent':>9} {'ratio':>6} {'held+DP':>8} {'old':>6} {'ratio':>6} {'ours int8':>9} {'ratio':>6}"
     print(header)
     loads = [os.getloadavg()[0]]
     for n in (2, 4, 8):
@@ -333,7 +353,8 @@ def round_table(sparsity: float, repeats: int) -> None:
                      for k, v in rows.items()}
             print(f"  {n:>5} {'fp' + vd[-2:]:>7} {med['flower']:>7.3f} {med['flower16']:>8.3f} "
                   f"{med['held']:>9.3f} {ratio['held']:>6.2f} {med['sent']:>9.3f} {ratio['sent']:>6.2f} "
-                  f"{med['dp']:>8.3f} {med['old']:>6.3f} {ratio['old']:>6.2f}")
+                  f"{med['dp']:>8.3f} {med['old']:>6.3f} {ratio['old']:>6.2f} {med['int8']:>9.3f} "
+                  f"{ratio['int8']:>6.2f}")
     print(f"  load average (1 min) during the repeats: {min(loads):.2f}-{max(loads):.2f}")
 
 
