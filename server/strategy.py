@@ -47,17 +47,11 @@ from fedreid.fl.dp import GaussianNoise
 from fedreid.fl.flat_sas import FlatSas
 from fedreid.fl.privacy_ledger import PrivacyLedger
 from fedreid.fl.validate import check_reply
-from fedreid.fl.view import (
-    HELD_KEY,
-    VIEW_MISMATCH,
-    SharedView,
-    fresh_token,
-    initial_token,
-    masks_digest,
-)
+from fedreid.fl.view import VIEW_MISMATCH
 from fedreid.fl.weight_rules import weight_rule
 from fedreid.report import RunRecorder
 from server.delivery import Delivery, ProgressFn, parse_bound_sites
+from server.view_downloads import ViewDownloads
 from wire.records import (
     arrays_to_record,
     record_nbytes,
@@ -162,16 +156,13 @@ class FedReIDStrategy(FedAvg):
             self.flat.set_site_masks(site, masks)
         dp = self.cfg.dp
         self.ledger = PrivacyLedger(dp.noise_multiplier, dp.accountant, value.dp_rates) if dp.enabled else None
-        self.view = None
+        self.views = None
         if self.cfg.codec.download == "difference-int8":
             # a fresh run's view is the initial model the sites rebuild; a resumed one is new to all
             fresh = self.initial_digest is not None and value.last_round == 0 and \
                 state_digest(value.global_state) == self.initial_digest
-            token = initial_token(self.initial_digest) if fresh else fresh_token()
-            self.view = SharedView(value.global_state, token)
-        self._view_round = value.last_round  # the round whose global the view mirrors
-        self._view_held: dict[str, int] = {}  # site -> the view token it holds
-        self._view_sent: dict[int, int] = {}  # node -> the token its last message carried
+            self.views = ViewDownloads(value.global_state, last_round=value.last_round,
+                                       initial_digest=self.initial_digest if fresh else None)
 
     def _sync_state(self, server_round: int) -> None:
         s = self._state
@@ -211,7 +202,8 @@ class FedReIDStrategy(FedAvg):
         if self._site_node.get(site, node) != node:
             log(INFO, "site %s is back as node %s: its masks are sent again", site, node)
             self.flat.forget(site)
-            self._view_held.pop(site, None)
+            if self.views is not None:
+                self.views.forget(site)
         self._site_node[site] = node
 
     # ---- train ---------------------------------------------------------------------------
@@ -222,7 +214,8 @@ class FedReIDStrategy(FedAvg):
         seeded = arrays_to_record(encode_initial(self.initial_digest)) if self._seeded(server_round) else None
         nodes = self._sample(grid, self.cfg.fl.fraction_train)
         common: dict[str, Array] = {}
-        self._advance_view()
+        if self.views is not None:
+            self.views.advance(self.state.last_round, self.state.global_state)
         return [self._train_message(node, config, seeded, common) for node in nodes]
 
     def _train_message(self, node: int, config: ConfigRecord, record: ArrayRecord | None,
@@ -231,8 +224,9 @@ class FedReIDStrategy(FedAvg):
         built once and shared by the records."""
         site = self.state.node_site.get(node)
         self._resync(node, site)
-        if record is None and self.view is not None:
-            record = self._view_record(node, site, common)
+        if record is None and self.views is not None:
+            record = self.views.record(node, site, self.flat.known_masks(site) if site else {},
+                                       self.cfg.codec.value_dtype, common)
         elif record is None:
             arrays = self.flat.download_for(site or f"node-{node}", self.cfg.codec.value_dtype)
             for key in arrays.keys() - common.keys():
@@ -242,39 +236,13 @@ class FedReIDStrategy(FedAvg):
             # content id on the object, so sending them once per round hashes them once.
             record = record_of({k: common[k] if k.endswith(SHARED_PARTS) else to_array(v)
                                 for k, v in arrays.items()})
-        elif self.view is not None:  # the seeded start: the site's view is the initial model
-            self._view_sent[node] = self.view.token
+        elif self.views is not None:  # the seeded start: the site's view is the initial model
+            self.views.seeded([node])
         self._train.down += record_nbytes(record)
         self._train.dense += self.dense_nbytes
         self._train.sent += 1
         content = RecordDict({"arrays": record, "config": ConfigRecord(dict(config))})
         return Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node)
-
-    # ---- downloads as steps of the shared view (codec.download=difference-int8) -------------
-    def _advance_view(self) -> None:
-        """Move the view to the newest global once per new global (train or evaluation)."""
-        if self.view is not None and self._view_round != self.state.last_round:
-            self.view.advance(self.state.global_state)
-            self._view_round = self.state.last_round
-
-    def _view_record(self, node: int, site: str | None, common: dict[str, Array]) -> ArrayRecord:
-        """What ``site`` needs of the view, plus the digest of its masks held here. Arrays
-        alike for every site (the step, the whole view) are built once (``common``, by id)."""
-        arrays = self.view.download(self._view_held.get(site) if site else None, self.cfg.codec.value_dtype)
-        held = masks_digest({k: m.digest for k, m in self.flat.known_masks(site).items()}) if site else b""
-        self._view_sent[node] = self.view.token
-        for v in arrays.values():
-            if str(id(v)) not in common:
-                common[str(id(v))] = to_array(v)
-        record = {k: common[str(id(v))] for k, v in arrays.items()}
-        if held:
-            record[HELD_KEY] = to_array(np.frombuffer(held, dtype=np.uint8).copy())
-        return record_of(record)
-
-    def _view_delivered(self, node: int, site: str | None) -> None:
-        """A reply came back: the site holds the view its message carried."""
-        if self.view is not None and site is not None and node in self._view_sent:
-            self._view_held[site] = self._view_sent[node]
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -290,8 +258,11 @@ class FedReIDStrategy(FedAvg):
                 reason = f"error {msg.error.code}: {msg.error.reason}"[:500]
                 failures.append({"site": name, "node": node, "reason": reason})
                 self.flat.forget(name)
-                self._view_held.pop(name, None)
+                if self.views is not None:
+                    self.views.forget(name)
                 continue
+            if self.views is not None:  # the site applied its download before training
+                self.views.delivered(node, admitted or _meta(msg)[0])
             nbytes = _arrays_nbytes(msg)
             self._train.up += nbytes
             self._train.dense += self.dense_nbytes
@@ -302,7 +273,6 @@ class FedReIDStrategy(FedAvg):
                 self.flat.forget(name)
                 continue
             sites[site] = {**metrics, "method": method, "bytes_up": nbytes}
-            self._view_delivered(node, site)
         for f in failures:
             log(WARNING, "rejected reply from site %s (node %s): %s", f["site"], f["node"], f["reason"])
         record: dict[str, Any] = {"failures": failures, "bytes_down": self._train.down,
@@ -369,24 +339,27 @@ class FedReIDStrategy(FedAvg):
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         """The global model itself is evaluated (and each site's personalised one from it),
-        so it goes out whole: in ``codec.value_dtype``, or as the initial model's digest."""
+        so it goes out whole: in ``codec.value_dtype``, as the initial model's digest, or as
+        what each site lacks of the view (then the next round's download is free)."""
         config["server-round"] = server_round
         nodes = self._sample(grid, 1.0)
+        records: dict[int, ArrayRecord] = {}
         if self._seeded(server_round):
-            record = arrays_to_record(encode_initial(self.initial_digest))
-            self._view_sent.update({n: self.view.token for n in nodes} if self.view is not None else {})
-        elif self.view is None:
-            record = arrays_to_record(encode_dense(self.state.global_state, self.cfg.codec.value_dtype))
-        else:  # each site is sent what it lacks of the view (the next round's download is then free)
-            self._advance_view()
+            records = dict.fromkeys(nodes, arrays_to_record(encode_initial(self.initial_digest)))
+            if self.views is not None:
+                self.views.seeded(nodes)
+        elif self.views is None:
+            records = dict.fromkeys(nodes, arrays_to_record(
+                encode_dense(self.state.global_state, self.cfg.codec.value_dtype)))
+        else:
+            self.views.advance(self.state.last_round, self.state.global_state)
             common: dict[str, Array] = {}
-            return [Message(content=RecordDict({
-                        "arrays": self._view_record(n, self.state.node_site.get(n), common),
-                        "config": ConfigRecord(dict(config))}), message_type=MessageType.EVALUATE, dst_node_id=n)
-                    for n in nodes]
-        return [Message(content=RecordDict({"arrays": record, "config": ConfigRecord(dict(config))}),
-                        message_type=MessageType.EVALUATE, dst_node_id=n)
-                for n in nodes]
+            for n in nodes:
+                site = self.state.node_site.get(n)
+                records[n] = self.views.record(n, site, self.flat.known_masks(site) if site else {},
+                                               self.cfg.codec.value_dtype, common)
+        return [Message(content=RecordDict({"arrays": records[n], "config": ConfigRecord(dict(config))}),
+                        message_type=MessageType.EVALUATE, dst_node_id=n) for n in nodes]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         sites: dict[str, dict[str, float]] = {}
@@ -395,10 +368,13 @@ class FedReIDStrategy(FedAvg):
             node = int(msg.metadata.src_node_id)
             if msg.has_error():
                 failures.append({"node": node, "reason": f"error {msg.error.code}: {msg.error.reason}"[:500]})
+                if self.views is not None and node in self.state.node_site:
+                    self.views.forget(self.state.node_site[node])
                 continue
             site = _meta(msg)[0] or f"node-{node}"
             self.state.node_site.setdefault(node, site)
-            self._view_delivered(node, site)
+            if self.views is not None:
+                self.views.delivered(node, site)
             sites[site] = {k: float(v) for k, v in msg.content["metrics"].items()
                            if isinstance(v, (int, float))}
         means = site_means(sites)
@@ -447,9 +423,8 @@ class FedReIDStrategy(FedAvg):
             return
         log(INFO, "%s: %d site(s) hold another model than their download assumed; sending it whole",
             phase, len(retry))
-        if self.view is not None:
-            record = arrays_to_record(self.view.whole(self.cfg.codec.value_dtype))
-            self._view_sent.update({n: self.view.token for n in retry})
+        if self.views is not None:
+            record = arrays_to_record(self.views.whole(retry, self.cfg.codec.value_dtype))
         else:
             record = arrays_to_record(encode_dense(self.state.global_state))
         again = []

@@ -246,8 +246,8 @@ def test_int8_view_downloads_send_each_global_once_and_sites_hold_the_coordinato
 
     for context in grid.contexts.values():
         view = load_view(context)
-        assert view.token == strategy.view.token
-        for key, value in strategy.view.view.items():
+        assert view.token == strategy.views.view.token
+        for key, value in strategy.views.view.view.items():
             np.testing.assert_array_equal(view.state[key], value, err_msg=key)
 
 

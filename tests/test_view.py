@@ -112,3 +112,25 @@ def test_masks_digest_names_the_set_of_masks():
     assert d == bool_masks_digest(dict(reversed(list(masks.items()))))
     flipped = {**masks, "b": ~masks["b"]}
     assert d != bool_masks_digest(flipped) and masks_digest({}) == bytes(8) and HELD_KEY == "::held"
+
+
+def test_the_coordinator_steps_sites_that_replied_and_sends_the_rest_the_whole_view():
+    from server.view_downloads import ViewDownloads
+
+    rng = np.random.default_rng(6)
+    g = model(rng)
+    views = ViewDownloads(g, last_round=0, initial_digest="ab" * 16)
+    views.seeded([1, 2])
+    views.delivered(1, "a")
+    views.delivered(2, "b")
+    views.forget("b")  # e.g. its evaluation reply was an error
+    views.advance(1, moved(rng, g))
+    common: dict = {}
+    step = views.record(1, "a", {}, "float32", common)
+    whole = views.record(2, "b", {}, "float32", common)
+    assert "conv::delta" in step and "conv::values" not in whole and "conv::dense" in whole
+    assert int(np.asarray(step[VIEW_KEY].numpy())[0]) == initial_token("ab" * 16)
+    assert HELD_KEY not in step  # no masks held for the site: it sends its bitmaps
+    views.advance(1, g)  # the same round again: no new step
+    views.delivered(1, "a")
+    assert set(views.record(1, "a", {}, "float32", {})) == {VIEW_KEY}

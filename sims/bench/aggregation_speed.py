@@ -303,12 +303,12 @@ def round_cell(g, sites, spec, vd: str, repeats: int, loads: list[float]) -> dic
     int8_msgs = [our_message(k + 1, name, site["held/int8"], site["metrics"])
                  for k, (name, site) in enumerate(zip(names, sites, strict=True))]
 
+    int8_rounds = iter(range(2, 1_000_000))
+
     def int8_round() -> None:
-        """int8 differences up; each site's download one int8 step of the view (every site
-        holds the view before it, as in a federation where all take part)."""
-        int8._view_round = -1  # the round's global is new: the view takes a step
-        int8._view_held = dict.fromkeys(names, int8.view.token)
-        strategy_round(int8, int8_msgs, grid, 2)
+        """int8 differences up; each site's download one int8 step of the view (a new round
+        each time: every site replied to the last one, so it holds the view before the step)."""
+        strategy_round(int8, int8_msgs, grid, next(int8_rounds))
 
     def sent() -> None:
         for name in names:
