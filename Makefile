@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: install
-	$(VENV)/bin/fedreid sim --compare fedklpr:codec.upload=difference-int8:codec.download=difference-int8,fedavg -c sims/configs/demo.yaml
+	$(VENV)/bin/fedreid sim --compare fedklpr:codec.value_dtype=float16,fedavg -c sims/configs/demo.yaml
 
 test: install
 	$(PY) -m pytest

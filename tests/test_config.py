@@ -95,7 +95,7 @@ def test_demo_config_loads():
     assert cfg.method.name == "bot" and cfg.fl.rounds >= 3
 
 
-def test_the_demo_compares_int8_fedklpr_with_dense_float32_fedavg():
+def test_the_demo_compares_half_precision_fedklpr_with_dense_float32_fedavg():
     """What `make demo` runs: its --compare entries over the demo file, as the CLI resolves them."""
     import re
 
@@ -107,9 +107,8 @@ def test_the_demo_compares_int8_fedklpr_with_dense_float32_fedavg():
                                     values=strategy_values(r.strategy)) for r in runs}
     assert set(cfgs) == {"fedklpr", "fedavg"}
     ours, dense = cfgs["fedklpr"], cfgs["fedavg"]
-    assert ours.codec.upload == ours.codec.download == "difference-int8"
-    assert ours.prune.enabled and ours.prune.start_round == 3
-    assert dense.codec.download == "values" and dense.codec.value_dtype == "float32" and not dense.prune.enabled
+    assert ours.codec.value_dtype == "float16" and ours.prune.enabled and ours.prune.start_round == 3
+    assert dense.codec.value_dtype == "float32" and not dense.prune.enabled
     assert ours.method.name == dense.method.name == "bot" and ours.fl.rounds == dense.fl.rounds
 
 
