@@ -154,6 +154,24 @@ def test_quantise_rounds_each_block_by_its_own_scale_alike_on_every_backend(back
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_step_towards_moves_the_view_as_a_receiver_adds_the_step(backend):
+    from fedreid.fl.codec import dequantise_int8
+
+    rng = np.random.default_rng(9)
+    view = rng.standard_normal(1300).astype(np.float32)
+    target = (view + 1e-3 * rng.standard_normal(1300)).astype(np.float32)
+    moved = view.copy()
+    q, scale = scatter.step_towards(moved, target, 512, backend)
+    np.testing.assert_array_equal(moved, view + dequantise_int8(q, scale))  # bit for bit
+    assert np.abs(moved - target).max() <= scale.max() / 2 + 1e-7
+    bad = target.copy()
+    bad[-1] = np.inf
+    untouched = view.copy()
+    assert scatter.step_towards(untouched, bad, 512, backend) is None
+    np.testing.assert_array_equal(untouched, view)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mask_aware", [True, False])
 @pytest.mark.parametrize("int_rule", ["mean", "max"])
 def test_fixed_weights_modes_and_dp(mask_aware, int_rule, backend):

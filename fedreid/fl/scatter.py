@@ -86,6 +86,25 @@ if njit is not None:
                 q[i] = np.int8(min(127.0, max(-127.0, np.rint(x[i] / s)))) if s > 0 else np.int8(0)
         return True
 
+    @njit(nogil=True, cache=True, boundscheck=False)
+    def _step(view, target, block, q, scale):  # pragma: no cover - compiled
+        for b in range(scale.size):  # every scale first: a NaN leaves the view untouched
+            m = np.float32(0.0)
+            for i in range(b * block, min((b + 1) * block, view.size)):
+                a = abs(target[i] - view[i])
+                if not a <= m:
+                    m = a
+            scale[b] = m / np.float32(127.0)
+            if not np.isfinite(scale[b]):
+                return False
+        for b in range(scale.size):
+            s = scale[b]
+            for i in range(b * block, min((b + 1) * block, view.size)):
+                r = np.int8(min(127.0, max(-127.0, np.rint((target[i] - view[i]) / s)))) if s > 0 else np.int8(0)
+                q[i] = r
+                view[i] = view[i] + np.float32(r) * s
+        return True
+
 
 def tensor_view(a: np.ndarray) -> torch.Tensor:
     """A torch view of ``a``. Received arrays are read-only views of the wire bytes, which
@@ -174,3 +193,23 @@ def quantise(x: np.ndarray, block: int, backend: str = BACKEND) -> tuple[np.ndar
     divisor = torch.where(scale > 0, scale, torch.ones_like(scale))
     q = torch.round(padded / divisor[:, None]).clamp_(-127, 127).to(torch.int8)
     return q.view(-1)[:n].numpy().copy(), scale.numpy()
+
+
+def step_towards(view: np.ndarray, target: np.ndarray, block: int,
+                 backend: str = BACKEND) -> tuple[np.ndarray, np.ndarray] | None:
+    """:func:`quantise` ``target - view`` and add the dequantised step to ``view`` (flat
+    float32, in place): ``view += q * scale`` in float32, as a receiver adds it. None (view
+    untouched) when the difference has a NaN or infinity. Compiled: two passes."""
+    if backend == "numba":
+        q, scale = np.empty(view.size, dtype=np.int8), np.empty(-(-view.size // block), dtype=np.float32)
+        return (q, scale) if _step(view, np.ascontiguousarray(target, dtype=np.float32), block, q, scale) else None
+    out = quantise(np.asarray(target, dtype=np.float32) - view, block, backend)
+    if out is None:
+        return None
+    q, scale = out
+    padded = np.zeros(scale.size * block, dtype=np.float32)
+    padded[: q.size] = q
+    blocks = padded.reshape(scale.size, block)
+    blocks *= scale[:, None]
+    view += padded[: q.size]
+    return q, scale

@@ -34,14 +34,15 @@ from collections.abc import Mapping
 import numpy as np
 
 from fedreid.fl.codec import (
+    DELTA_BLOCK,
     DIGEST_BYTES,
     SEP,
     decode_sparse,
     dequantise_int8,
     encode_dense,
     mask_digest,
-    quantise_int8,
 )
+from fedreid.fl.scatter import step_towards
 
 VIEW_KEY = f"{SEP}view"
 HELD_KEY = f"{SEP}held"
@@ -113,8 +114,10 @@ class SharedView:
                 step[f"{key}{SEP}dense"] = t
                 continue
             v = self.view[key]
-            q, scale = quantise_int8(t.astype(np.float32, copy=False).reshape(-1) - v.reshape(-1), key)
-            v += dequantise_int8(q, scale).reshape(v.shape)  # the site adds the same float32 step
+            moved = step_towards(v.reshape(-1), t.reshape(-1), DELTA_BLOCK)  # v += the step, as sites add it
+            if moved is None:
+                raise ValueError(f"{key!r}: the global model holds NaN or infinity; no step to send")
+            q, scale = moved
             step.update({f"{key}{SEP}delta": q, f"{key}{SEP}scale": scale,
                          f"{key}{SEP}shape": np.asarray(v.shape, dtype=np.int64)})
         previous, self.token = self.token, _token(
