@@ -12,7 +12,9 @@ but the token. Rounding never accumulates: each step is the difference to the *g
 the view trails the global by at most half a step's scale.
 
 Tokens name views. A site that holds another one (it missed a round, lost its cache, or the
-coordinator resumed) gets the whole view in ``codec.value_dtype`` instead, and a site that
+coordinator resumed) gets the whole view in ``codec.value_dtype`` instead (in float16 its copy
+then differs from the coordinator's by that rounding, which later steps carry along; float32
+is exact), and a site that
 cannot apply a step fails with :data:`VIEW_MISMATCH`, which makes the coordinator send it
 the whole view. The view on a site is a cache: losing it costs one whole download.
 
