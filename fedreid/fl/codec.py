@@ -78,7 +78,7 @@ import numpy as np
 import torch
 from numpy.lib import format as npy_format
 
-from fedreid.fl.scatter import quantise, tensor_view
+from fedreid.fl.scatter import dequantise, quantise, tensor_view
 
 SEP = "::"
 SPARSE_PARTS = ("bits", "values", "delta", "scale", "shape", "digest")  # every part a sparse tensor may carry
@@ -250,12 +250,7 @@ def quantise_int8(differences: np.ndarray, name: str = "values") -> tuple[np.nda
 
 def dequantise_int8(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """float32 ``q * scale`` of :func:`quantise_int8` (one scale per :data:`DELTA_BLOCK`)."""
-    n = q.size
-    padded = np.zeros(scale.size * DELTA_BLOCK, dtype=np.float32)
-    padded[:n] = q
-    blocks = padded.reshape(scale.size, DELTA_BLOCK)
-    blocks *= scale.astype(np.float32, copy=False)[:, None]
-    return padded[:n]
+    return dequantise(q, scale, DELTA_BLOCK)
 
 
 def _int8_problem(name: str, q: np.ndarray, scale: np.ndarray) -> str | None:

@@ -207,9 +207,14 @@ def step_towards(view: np.ndarray, target: np.ndarray, block: int,
     if out is None:
         return None
     q, scale = out
+    view += dequantise(q, scale, block)
+    return q, scale
+
+
+def dequantise(q: np.ndarray, scale: np.ndarray, block: int) -> np.ndarray:
+    """float32 ``q * scale`` of :func:`quantise` (one scale per ``block`` values)."""
     padded = np.zeros(scale.size * block, dtype=np.float32)
     padded[: q.size] = q
     blocks = padded.reshape(scale.size, block)
-    blocks *= scale[:, None]
-    view += padded[: q.size]
-    return q, scale
+    blocks *= scale.astype(np.float32, copy=False)[:, None]
+    return padded[: q.size]
