@@ -22,14 +22,14 @@ from fedreid.fl.codec import (
     decode_sparse,
     encode_sparse,
     initial_digest,
-    mask_digest,
     mask_digests,
+    pack_mask,
     rounding_left_out,
     state_digest,
 )
 from fedreid.fl.crr import CrossRoundRecovery, restored_weights
 from fedreid.fl.dp import clip_to_download
-from fedreid.fl.view import HELD_KEY, VIEW_KEY, SiteView, bool_masks_digest, initial_token
+from fedreid.fl.view import HELD_KEY, VIEW_KEY, SiteView, initial_token, masks_digest
 from fedreid.losses import mean_kl_divergence
 from fedreid.models import load_subset, local_subset, state_subset
 from fedreid.prune import (
@@ -141,9 +141,9 @@ class FederatedClient:
                              "share the run config")
         download = dict(self.view.apply(arrays))
         self._download_masks = {}
-        own = self.state.masks
-        held = HELD_KEY in arrays and bytes(np.asarray(arrays[HELD_KEY], np.uint8)) == bool_masks_digest(own)
-        self._held = {k: mask_digest(np.packbits(m.reshape(-1)), m.shape) for k, m in own.items()} if held else {}
+        own = {k: pack_mask(m).digest for k, m in self.state.masks.items()}
+        held = HELD_KEY in arrays and bytes(np.asarray(arrays[HELD_KEY], np.uint8)) == masks_digest(own)
+        self._held = own if held else {}
         return download
 
     def load_global(self, arrays: dict[str, np.ndarray], *, local: bool = True,

@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedreid.fl.codec import DELTA_BLOCK
+from fedreid.fl.codec import DELTA_BLOCK, pack_mask
 from fedreid.fl.view import (
     HELD_KEY,
     VIEW_KEY,
     VIEW_MISMATCH,
     SharedView,
     SiteView,
-    bool_masks_digest,
     initial_token,
     masks_digest,
 )
@@ -108,10 +107,13 @@ def test_a_malformed_step_names_the_tensor():
 def test_masks_digest_names_the_set_of_masks():
     rng = np.random.default_rng(5)
     masks = {"a": rng.random((4, 5)) < 0.5, "b": rng.random(9) < 0.5}
-    d = bool_masks_digest(masks)
-    assert d == bool_masks_digest(dict(reversed(list(masks.items()))))
+    def digest(ms):
+        return masks_digest({k: pack_mask(m).digest for k, m in ms.items()})
+
+    d = digest(masks)
+    assert d == digest(dict(reversed(list(masks.items()))))
     flipped = {**masks, "b": ~masks["b"]}
-    assert d != bool_masks_digest(flipped) and masks_digest({}) == bytes(8) and HELD_KEY == "::held"
+    assert d != digest(flipped) and masks_digest({}) == bytes(8) and HELD_KEY == "::held"
 
 
 def test_the_coordinator_steps_sites_that_replied_and_sends_the_rest_the_whole_view():

@@ -418,7 +418,7 @@ def encode_known(name: str, values: np.ndarray, mask: PackedMask) -> dict[str, n
 # ---- decoding ----------------------------------------------------------------------------
 
 
-def _group(arrays: Mapping[str, np.ndarray]) -> tuple[dict[str, dict[str, np.ndarray]], list[str]]:
+def group_parts(arrays: Mapping[str, np.ndarray]) -> tuple[dict[str, dict[str, np.ndarray]], list[str]]:
     """Split wire keys into name -> {part: array}; also return keys that do not parse."""
     groups: dict[str, dict[str, np.ndarray]] = {}
     bad: list[str] = []
@@ -503,7 +503,7 @@ def split_encoded(
     Checks what decoding needs (parts, shape array, bitmap length, kept count = number of
     values) and raises ValueError otherwise; the returned arrays are the inputs, not copies.
     """
-    groups, bad = _group(arrays)
+    groups, bad = group_parts(arrays)
     if bad:
         raise ValueError(f"unrecognised wire keys {bad}; expected '<name>{SEP}<part>'")
     dense: dict[str, np.ndarray] = {}
@@ -615,7 +615,7 @@ def decode_masks(
 def mask_digests(arrays: Mapping[str, np.ndarray]) -> dict[str, bytes]:
     """The digest of every mask an encoded state refers to (sent, or computed from the sent
     bitmap). A site passes its download's to ``encode_sparse(receiver_digests=...)``."""
-    groups, _ = _group(arrays)
+    groups, _ = group_parts(arrays)
     out: dict[str, bytes] = {}
     for name, parts in groups.items():
         kind = _parts_kind(parts)
@@ -724,7 +724,7 @@ def inspect_encoded(
     within ``tol`` of the actual pruned fraction over all masked tensors; the L2 norm of all
     float values at most ``max_norm`` (a cheap guard against exploding or malicious updates).
     """
-    groups, bad = _group(arrays)
+    groups, bad = group_parts(arrays)
     problems = [f"{key}: unexpected key (not '<name>{SEP}<part>')" for key in bad]
     dense: dict[str, np.ndarray] = {}
     sparse: dict[str, SparseTensor] = {}

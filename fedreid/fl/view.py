@@ -42,7 +42,7 @@ from fedreid.fl.codec import (
     decode_sparse,
     dequantise_int8,
     encode_dense,
-    mask_digest,
+    group_parts,
 )
 from fedreid.fl.scatter import step_towards
 
@@ -77,12 +77,6 @@ def masks_digest(digests: Mapping[str, bytes]) -> bytes:
         h.update(name.encode())
         h.update(digests[name])
     return h.digest()
-
-
-def bool_masks_digest(masks: Mapping[str, np.ndarray]) -> bytes:
-    """:func:`masks_digest` of bool masks (what a site computes of its own)."""
-    return masks_digest({k: mask_digest(np.packbits(np.asarray(m, bool).reshape(-1)), tuple(m.shape))
-                         for k, m in masks.items()})
 
 
 def _floats(state: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -177,13 +171,11 @@ class SiteView:
 
     def _stepped(self, body: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A new state: this view plus the step (checked whole before anything changes)."""
-        parts: dict[str, dict[str, np.ndarray]] = {}
-        for key, arr in body.items():
-            name, _, part = key.rpartition(SEP)
-            parts.setdefault(name, {})[part] = np.asarray(arr)
-        if set(parts) != set(self.state):
-            raise ValueError(f"{VIEW_MISMATCH}: the step has tensors {sorted(set(parts) ^ set(self.state))[:5]} "
-                             f"this view lacks or misses; the coordinator sends the whole view instead")
+        parts, bad = group_parts(body)
+        if bad or set(parts) != set(self.state):
+            raise ValueError(f"{VIEW_MISMATCH}: the step has tensors or keys "
+                             f"{(sorted(set(parts) ^ set(self.state)) + bad)[:5]} this view lacks or misses; "
+                             f"the coordinator sends the whole view instead")
         out: dict[str, np.ndarray] = {}
         for name, p in parts.items():
             held = self.state[name]
