@@ -159,10 +159,8 @@ class FedReIDStrategy(FedAvg):
         self.views = None
         if self.cfg.codec.download == "difference-int8":
             # a fresh run's view is the initial model the sites rebuild; a resumed one is new to all
-            fresh = self.initial_digest is not None and value.last_round == 0 and \
-                state_digest(value.global_state) == self.initial_digest
             self.views = ViewDownloads(value.global_state, last_round=value.last_round,
-                                       initial_digest=self.initial_digest if fresh else None)
+                                       initial_digest=self.initial_digest if self._at_initial_model() else None)
 
     def _sync_state(self, server_round: int) -> None:
         s = self._state
@@ -189,10 +187,19 @@ class FedReIDStrategy(FedAvg):
     def _sample(self, grid: Grid, fraction: float) -> list[int]:
         return self.delivery.sample(grid, fraction, self.state.node_site, self.state.last_round)
 
+    def _at_initial_model(self) -> bool:
+        """A fresh run whose global is still the initial model the sites can rebuild."""
+        return (self.initial_digest is not None and self.state.last_round == 0
+                and state_digest(self.state.global_state) == self.initial_digest)
+
     def _seeded(self, server_round: int) -> bool:
         """Round one of a fresh run whose global is still the initial model."""
-        return (self.initial_digest is not None and self.state.last_round == 0
-                and server_round <= 1 and state_digest(self.state.global_state) == self.initial_digest)
+        return server_round <= 1 and self._at_initial_model()
+
+    def _view_record(self, node: int, site: str | None, common: dict[str, Array]) -> ArrayRecord:
+        """``site``'s view download, with the digest of its masks held here."""
+        return self.views.record(node, site, self.flat.known_masks(site) if site else {},
+                                 self.cfg.codec.value_dtype, common)
 
     def _resync(self, node: int, site: str | None) -> None:
         """A site back under another node id (restarted, new key) may have lost its state:
@@ -225,8 +232,7 @@ class FedReIDStrategy(FedAvg):
         site = self.state.node_site.get(node)
         self._resync(node, site)
         if record is None and self.views is not None:
-            record = self.views.record(node, site, self.flat.known_masks(site) if site else {},
-                                       self.cfg.codec.value_dtype, common)
+            record = self._view_record(node, site, common)
         elif record is None:
             arrays = self.flat.download_for(site or f"node-{node}", self.cfg.codec.value_dtype)
             for key in arrays.keys() - common.keys():
@@ -354,10 +360,7 @@ class FedReIDStrategy(FedAvg):
         else:
             self.views.advance(self.state.last_round, self.state.global_state)
             common: dict[str, Array] = {}
-            for n in nodes:
-                site = self.state.node_site.get(n)
-                records[n] = self.views.record(n, site, self.flat.known_masks(site) if site else {},
-                                               self.cfg.codec.value_dtype, common)
+            records = {n: self._view_record(n, self.state.node_site.get(n), common) for n in nodes}
         return [Message(content=RecordDict({"arrays": records[n], "config": ConfigRecord(dict(config))}),
                         message_type=MessageType.EVALUATE, dst_node_id=n) for n in nodes]
 
