@@ -162,10 +162,14 @@ def load_view(context: Context) -> SiteView:
 
 
 def save_view(context: Context, view: SiteView | None) -> None:
-    if view is not None and view.state:
-        context.state[VIEW_ARRAYS] = arrays_to_record(view.state)
-        # as text: a ConfigRecord holds signed 64-bit integers only
-        context.state[VIEW_TOKEN] = ConfigRecord({"token": str(view.token)})
+    """Keep the view in Context.state when it moved (a token-only download changes nothing)."""
+    if view is None or not view.state:
+        return
+    if VIEW_TOKEN in context.state.config_records and context.state[VIEW_TOKEN]["token"] == str(view.token):
+        return
+    context.state[VIEW_ARRAYS] = arrays_to_record(view.state)
+    # as text: a ConfigRecord holds signed 64-bit integers only
+    context.state[VIEW_TOKEN] = ConfigRecord({"token": str(view.token)})
 
 
 def _context_state(context: Context) -> ClientState | None:
