@@ -40,6 +40,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
 from fedreid.config.schema import FedReIDConfig
+from fedreid.cpus import usable_cpus
+from fedreid.fl import scatter
 from fedreid.fl.accounting import serialized_nbytes
 from fedreid.fl.admission import signature_of
 from fedreid.fl.codec import INITIAL_MISMATCH, encode_dense, encode_initial, state_digest
@@ -127,6 +129,7 @@ class FedReIDStrategy(FedAvg):
         self.on_round_end = on_round_end
         self.rng = np.random.default_rng(cfg.seed)
         a, dp = cfg.agg, cfg.dp
+        scatter.set_threads(a.threads or usable_cpus())
         self.rule = weight_rule(a.weighting, a.klaw_sign, a.praw_form, a.combine, a.beta)
         self.noise = GaussianNoise(dp.noise_multiplier, dp.clipping_norm, self.rng) if dp.enabled else None
         self.initial_digest = state_digest(initial_state) if cfg.codec.seeded_start else None
@@ -252,8 +255,16 @@ class FedReIDStrategy(FedAvg):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Flower's hook: :meth:`aggregate_round`, then the new global as an ArrayRecord."""
+        metrics = self.aggregate_round(server_round, replies)
+        return (None, None) if metrics is None else (arrays_to_record(self.state.global_state), metrics)
+
+    def aggregate_round(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Validate and fold each reply as it comes (it can be dropped right after); then
-        the new global model, DP noise included."""
+        the new global model, DP noise included, in ``state.global_state`` (None when no
+        reply was acceptable). The round loop calls this rather than ``aggregate_train``:
+        downloads are taken from the aggregator, so a record of the whole global each round
+        (a copy of the model) would go unused."""
         sites: dict[str, dict[str, Any]] = {}
         failures: list[dict] = []
         for msg in replies:
@@ -286,15 +297,14 @@ class FedReIDStrategy(FedAvg):
         if not sites:
             log(WARNING, "round %d: no acceptable reply; the global model is unchanged", server_round)
             self._finish_round(server_round, record, sites)
-            return None, None
+            return None
         self.flat.result()
         for site, w in self.flat.summary.weights.items():
             sites[site]["weight"] = w
         if self.noise is not None:
             record.update(self._account_dp(server_round))
         self._finish_round(server_round, record, sites)
-        metrics = MetricRecord({"mean_prune_ratio": record["mean_prune_ratio"], "sites": len(sites)})
-        return arrays_to_record(self.state.global_state), metrics
+        return MetricRecord({"mean_prune_ratio": record["mean_prune_ratio"], "sites": len(sites)})
 
     def _fold(self, msg: Message, admitted: str | None) -> tuple[str, str, dict[str, float]]:
         content = msg.content
@@ -403,8 +413,7 @@ class FedReIDStrategy(FedAvg):
         for rnd in range(start_round, num_rounds + 1):
             msgs = list(self.configure_train(rnd, arrays, ConfigRecord(dict(train_config or {})), grid))
             replies = self._exchange(grid, msgs, timeout, f"round {rnd} train", self._train)
-            new, metrics = self.aggregate_train(rnd, replies)
-            arrays = new if new is not None else arrays
+            metrics = self.aggregate_round(rnd, replies)
             if metrics is not None:
                 result.train_metrics_clientapp[rnd] = metrics
             if rnd % every == 0 or rnd == num_rounds:

@@ -440,3 +440,113 @@ def test_differences_keep_updates_a_half_precision_download_rounds_away():
         results[upload] = flat.result()["w"][masks["w"]] - g["w"][masks["w"]]
     np.testing.assert_allclose(results["differences"], update, rtol=0.01)
     assert np.abs(results["values"] - update).mean() > 3 * update  # rounding error swamps it
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("numerators", [1, 2])
+def test_finish_coded_equals_the_scattered_denominator_bit_for_bit(backend, numerators):
+    rng = np.random.default_rng(11)
+    n, weights = 5000, [0.5, 0.0, 1.25]  # the zero-weight site adds nothing to any denominator
+    kept = [np.flatnonzero(rng.random(n) < 0.4).astype(np.int32) for _ in weights]
+    a, b = (rng.standard_normal(n).astype(F32) for _ in range(2))
+    previous = rng.standard_normal(n).astype(F32)
+    code = np.zeros(n, np.uint8)
+    den = np.zeros(n, F32)
+    for k, (pos, w) in enumerate(zip(kept, weights, strict=True)):
+        scatter.mark(code, pos, 1 << k, backend)
+        if w:
+            scatter.add_at(den, pos, w, backend)
+    a[den == 0], b[den == 0] = 0, 0  # nobody with positive weight folded a value there
+    want = a * F32(0.3)
+    if numerators == 2:
+        want += b * F32(0.7)
+    scatter.divide_or_keep(want, den, previous, np.empty(n, np.bool_), backend)
+    got = a.copy()
+    scatter.finish_coded(got, b if numerators == 2 else None, 0.3, 0.7, code,
+                         scatter.member_lut(weights, np.dtype(F32)), previous, backend)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.skipif(scatter.BACKEND != "numba", reason="only the compiled kernels use threads")
+def test_kernels_split_over_threads_give_the_same_bits(monkeypatch):
+    """Ranges of 64 elements over three threads against one thread, every kernel; a NaN in
+    the last range still leaves a view step's view untouched."""
+    rng = np.random.default_rng(12)
+    n = 5000
+    pos = np.flatnonzero(rng.random(n) < 0.4).astype(np.int32)
+    values = rng.standard_normal(pos.size).astype(F32)
+    previous = rng.standard_normal(n).astype(F32)
+    target = (previous + 1e-3 * rng.standard_normal(n)).astype(F32)
+    lut = scatter.member_lut([0.5, 2.0], np.dtype(F32))
+
+    def run() -> list[np.ndarray]:
+        t = [np.ones(n, F32), np.zeros(n, F32), np.full(n, 2, F32)]
+        scatter.fold(t, pos, values, [0.5, 2.0, -1.0])
+        scatter.add_at(t[0], pos, 0.25)
+        scatter.fill_at(t[1], pos[::3], 3.0)
+        code = np.zeros(n, np.uint8)
+        scatter.mark(code, pos, 1)
+        scatter.mark(code, pos[::2], 2)
+        scatter.finish_coded(t[2], t[0], 0.3, 0.7, code, lut, previous)
+        den = np.where(code > 0, 1.5, 0).astype(F32)
+        scatter.divide_or_keep(t[0], den, previous, np.empty(n, np.bool_))
+        view = previous.copy()
+        step = scatter.step_towards(view, target, 512)
+        bad, untouched = target.copy(), previous.copy()
+        bad[-1] = np.nan
+        assert scatter.step_towards(untouched, bad, 512) is None
+        np.testing.assert_array_equal(untouched, previous)
+        assert scatter.quantise(bad, 512) is None
+        return [*t, code, den, view, *step, *scatter.quantise(target - previous, 512),
+                scatter.take(t[1], pos)]
+
+    one = run()
+    monkeypatch.setattr(scatter, "_MIN_SPLIT", 64)
+    scatter.set_threads(3)
+    try:
+        assert scatter.threads() == 3
+        many = run()
+    finally:
+        scatter.set_threads(1)
+    for x, y in zip(one, many, strict=True):
+        np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="at least 1"):
+        scatter.set_threads(0)
+
+
+def test_membership_codes_follow_the_sites_and_masks_of_each_round():
+    """The coded finish across rounds: the same sites and masks reuse the codes, a changed
+    mask or another set of sites rebuilds them; each round equals a fresh aggregator's."""
+    rng = np.random.default_rng(13)
+    g = global_state(rng)
+    site_list = sites(rng, g, n=3)
+    flat = FlatSas(g, KlpwaWeights())
+    current = g
+    for rnd, chosen in enumerate([(0, 1, 2), (0, 1, 2), (2, 0), (0, 1, 2)]):
+        if rnd == 3:  # site 1 pruned further: its bitmap is sent and the codes are rebuilt
+            state, masks, metrics = site_list[1]
+            masks = {k: m & (rng.random(m.shape) < 0.7) for k, m in masks.items()}
+            site_list[1] = ({k: (v * masks[k]).astype(v.dtype) if k in masks else v
+                             for k, v in state.items()}, masks, metrics)
+        ref = FlatSas(current, KlpwaWeights())
+        for i in chosen:
+            state, masks, metrics = site_list[i]
+            flat.fold(f"s{i}", encode_sparse(state, masks), metrics)
+            ref.fold(f"s{i}", encode_sparse(state, masks), metrics)
+        codes_before = flat._codes_for
+        current = flat.result()
+        assert_close(current, ref.result())
+        assert (flat._codes_for == codes_before) == (rnd == 1)  # round 1 repeats round 0
+
+
+def test_more_sites_than_membership_codes_hold_finish_by_scattering():
+    rng = np.random.default_rng(14)
+    g = global_state(rng)
+    site_list = sites(rng, g, n=17)  # MAX_CODED_SITES + 1
+    rule = KlpwaWeights()
+    want = reference(g, site_list, rule.reference([m for *_, m in site_list]), "float32")
+    flat = FlatSas(g, rule)
+    for i, (state, masks, metrics) in enumerate(site_list):
+        flat.fold(f"s{i}", encode_sparse(state, masks), metrics)
+    assert_close(flat.result(), want)
+    assert flat._codes_for is None

@@ -66,6 +66,7 @@ copy (``np.save`` into a ``BytesIO`` makes two).
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
@@ -191,30 +192,43 @@ def _as_packed(mask: PackedMask | np.ndarray) -> PackedMask:
 # (~15 ns per value here), torch with vector instructions (~0.1 ns).
 
 
-def _to_half(x: np.ndarray, dtype: torch.dtype) -> np.ndarray:
-    """float32 -> float16 or bfloat16 (as uint16 bits), rounded to nearest, ties to even.
-    The output is a NumPy allocation: torch's own (``.half()``) faults in fresh pages every
-    time, 15x slower on a 9 MB tensor."""
-    out = np.empty(x.size, dtype=np.float16 if dtype == torch.float16 else np.uint16)
+def _to_half(x: np.ndarray, dtype: torch.dtype, out: np.ndarray | None = None) -> np.ndarray:
+    """float32 -> float16 or bfloat16 (as uint16 bits), rounded to nearest, ties to even,
+    into ``out`` when given. The output is a NumPy allocation: torch's own (``.half()``)
+    faults in fresh pages every time, 15x slower on a 9 MB tensor."""
+    if out is None:
+        out = np.empty(x.size, dtype=np.float16 if dtype == torch.float16 else np.uint16)
     target = torch.from_numpy(out if dtype == torch.float16 else out.view(np.int16))
     target.view(dtype).copy_(tensor_view(np.ascontiguousarray(x, dtype=np.float32).reshape(-1)))
     return out
 
 
-def to_wire_values(values: np.ndarray, value_dtype: str, name: str = "values") -> np.ndarray:
-    """Kept values in their wire dtype; raises ValueError where the dtype cannot hold them."""
+def wire_dtype(value_dtype: str) -> np.dtype:
+    """The NumPy dtype values travel in (bfloat16 as its uint16 bits)."""
+    if value_dtype not in VALUE_DTYPES:
+        raise ValueError(f"value_dtype: {value_dtype!r} is not one of {VALUE_DTYPES}")
+    return next(d for d, kind in _WIRE.items() if kind == value_dtype)
+
+
+def to_wire_values(values: np.ndarray, value_dtype: str, name: str = "values",
+                   out: np.ndarray | None = None) -> np.ndarray:
+    """Kept values in their wire dtype (written into ``out``, of :func:`wire_dtype`, when
+    given); raises ValueError where the dtype cannot hold them."""
     if value_dtype not in VALUE_DTYPES:
         raise ValueError(f"value_dtype: {value_dtype!r} is not one of {VALUE_DTYPES}")
     if value_dtype == "float32":
-        return values.astype(np.float32, copy=False)
+        if out is None:
+            return values.astype(np.float32, copy=False)
+        np.copyto(out, values.reshape(-1))
+        return out
     if value_dtype == "float16":
         if values.size and max(-values.min(), values.max()) > _FP16_MAX:
             raise ValueError(
                 f"{name!r}: values exceed the float16 range ({_FP16_MAX}); use value_dtype="
                 f"'bfloat16' or 'float32'"
             )
-        return _to_half(values, torch.float16)
-    out = _to_half(values, torch.bfloat16)
+        return _to_half(values, torch.float16, out)
+    out = _to_half(values, torch.bfloat16, out)
     if not _half_finite(out, "bfloat16"):
         raise ValueError(
             f"{name!r}: values exceed the bfloat16 range or are not finite; use value_dtype="
@@ -836,14 +850,54 @@ def _npy_prefix(descr: str, shape: tuple[int, ...]) -> bytes:
 
 def npy_payload(array: np.ndarray) -> bytes:
     """``np.save(array, allow_pickle=False)``'s bytes for a plain numeric array, copied once
-    (headers are cached per dtype and shape). A Fortran-ordered array is written C-ordered:
-    other bytes than ``np.save``'s, the same array after ``np.load``."""
+    (headers are cached per dtype and shape), or not at all for a whole-payload view
+    (:func:`npy_view` of those bytes, e.g. filled through :func:`npy_alloc`). A
+    Fortran-ordered array is written C-ordered: other bytes than ``np.save``'s, the same
+    array after ``np.load``."""
     a = np.asarray(array)
     if a.dtype.kind not in "biuf" or a.dtype.names is not None:
         raise ValueError(f"npy_payload: only plain numeric arrays, got {a.dtype}")
     a = np.ascontiguousarray(a) if not a.flags.c_contiguous else a
     prefix = _npy_prefix(npy_format.dtype_to_descr(a.dtype), a.shape)
+    whole = _viewed_payload(a, prefix)
+    if whole is not None:
+        return whole
     return b"".join((prefix, a.reshape(-1).view(np.uint8).data))
+
+
+def _viewed_payload(a: np.ndarray, prefix: bytes) -> bytes | None:
+    """The bytes ``a`` views when they are exactly ``prefix`` then ``a``'s data."""
+    base = a.base
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if (isinstance(base, bytes) and len(base) == len(prefix) + a.nbytes
+            and a.ctypes.data == _address(base) + len(prefix) and base.startswith(prefix)):
+        return base
+    return None
+
+
+_new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
+_new_bytes.argtypes, _new_bytes.restype = (ctypes.c_void_p, ctypes.c_ssize_t), ctypes.py_object
+
+
+def _address(data: bytes) -> int:
+    return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
+
+
+def npy_alloc(shape: tuple[int, ...], dtype: np.dtype) -> tuple[bytes, np.ndarray]:
+    """A new npy payload for a C-ordered ``dtype`` array of ``shape`` (header written, data
+    not initialised) and a writable array over its data. Fill the array before the bytes
+    are used or shared, then keep only ``npy_view(payload)``: :func:`npy_payload` hands
+    those bytes on without copying them. Saves the copy from a scratch array into the
+    payload (~4 ms per ResNet-50 download at 60 % sparsity). The bytes object is
+    ``PyBytes_FromStringAndSize(NULL, n)``, which CPython leaves for its creator to fill."""
+    dtype = np.dtype(dtype)
+    shape = tuple(int(s) for s in shape)
+    prefix = _npy_prefix(npy_format.dtype_to_descr(dtype), shape)
+    payload = _new_bytes(None, len(prefix) + prod(shape) * dtype.itemsize)
+    raw = np.ctypeslib.as_array((ctypes.c_uint8 * len(payload)).from_address(_address(payload)))
+    raw[: len(prefix)] = np.frombuffer(prefix, dtype=np.uint8)
+    return payload, raw[len(prefix):].view(dtype).reshape(shape)
 
 
 def state_digest(state: Mapping[str, np.ndarray]) -> str:

@@ -48,10 +48,13 @@ from fedreid.fl.codec import (
     PackedMask,
     SparseTensor,
     encode_known,
+    npy_alloc,
+    npy_view,
     pack_bits,
     split_encoded,
     to_wire_values,
     values_f32,
+    wire_dtype,
 )
 from fedreid.fl.dp import LOCAL_SUFFIXES, GaussianNoise, noise_in_place
 from fedreid.fl.mask_store import MaskStore, kept_positions
@@ -59,6 +62,7 @@ from fedreid.fl.validate import CheckedReply
 from fedreid.fl.weight_rules import FixedWeights, Signal, WeightRule
 
 INT_RULES = ("mean", "max")
+MAX_CODED_SITES = 16  # membership codes fit a uint16 and their lookup table 2**16 entries
 
 
 class _Slot(NamedTuple):
@@ -158,6 +162,8 @@ class FlatSas:
                                                for _ in range(3))
         self._empty = np.empty(largest, np.bool_)
         self._pool: list[np.ndarray] = []  # retired model-sized buffers, reused when unshared
+        self._codes: dict[np.dtype, np.ndarray] = {}
+        self._codes_for: tuple | None = None  # the folded sites and masks the codes describe
         self._new_round()
 
     # ---- views -------------------------------------------------------------------------------
@@ -369,17 +375,22 @@ class FlatSas:
             raise ValueError("site weights sum to 0; give at least one site a positive weight")
         live = [j for j in range(len(coefs)) if self._num[j] is not None and coefs[j] != 0]
         new = self._num[live[0]]
-        for g, buf in new.items():
-            buf *= g.type(coefs[live[0]])
-            for j in live[1:]:
-                other = self._num[j][g]
-                other *= g.type(coefs[j])
-                buf += other
+        if self.noise is None and self.mask_aware and len(self._folded) <= MAX_CODED_SITES and len(live) <= 2:
+            other = self._num[live[1]] if len(live) > 1 else None
+            self._finish_coded(new, other, [coefs[j] for j in live], weights, total)
+            top = None
+        else:
+            for g, buf in new.items():
+                buf *= g.type(coefs[live[0]])
+                for j in live[1:]:
+                    other = self._num[j][g]
+                    other *= g.type(coefs[j])
+                    buf += other
+            top = self._finish_floats(new, weights, total)
         for j in range(len(self._num)):
             if j != live[0]:
                 self._retire(self._num[j])
                 self._num[j] = None
-        top = self._finish_floats(new, weights, total)
         ints = self._finish_ints(coefs, total)
         self.summary = RoundSummary(
             weights={f.site: float(w / total) for f, w in zip(self._folded, weights, strict=True)},
@@ -389,6 +400,48 @@ class FlatSas:
         self._global, self._ints = new, ints
         self._new_round()
         return self.global_state()
+
+    def _finish_coded(self, new: dict[np.dtype, np.ndarray], other: dict[np.dtype, np.ndarray] | None,
+                      coefs: list[float], weights: np.ndarray, total: float) -> None:
+        """Without DP noise: ``(c_0 num_0 + c_1 num_1) / den`` in one pass per tensor, the
+        denominator looked up from each element's membership code (which folded sites kept
+        it) instead of scattered site by site."""
+        codes = self._member_codes()
+        luts = {g: scatter.member_lut(weights, g) for g in new}
+        cb = coefs[1] if other is not None else 0.0
+        for key, slot in self._slots.items():
+            out = self._flat(new, key)
+            b = None if other is None else self._flat(other, key)
+            if any(key in f.masks for f in self._folded):
+                scatter.finish_coded(out, b, coefs[0], cb, self._flat(codes, key), luts[slot.group],
+                                     self._flat(self._global, key), self.backend)
+                continue
+            g = slot.group.type
+            out *= g(coefs[0])
+            if b is not None:
+                tmp = np.multiply(b, g(cb), out=self._scratch[slot.group][: slot.size])
+                out += tmp
+            out /= g(total)
+
+    def _member_codes(self) -> dict[np.dtype, np.ndarray]:
+        """Per element, bit k set when the k-th folded site kept it (or sent its tensor
+        dense); cached while the same sites fold with the same masks, as once pruning has
+        reached its target."""
+        key = tuple((f.site, tuple((n, m.digest) for n, m in f.masks.items())) for f in self._folded)
+        if key == self._codes_for:
+            return self._codes
+        dtype = np.dtype(np.uint8 if len(self._folded) <= 8 else np.uint16)
+        codes = {g: np.zeros(b.size, dtype) for g, b in self._global.items()}
+        for k, f in enumerate(self._folded):
+            bit = 1 << k
+            for name in self._slots:
+                target = self._flat(codes, name)
+                if name in f.masks:
+                    scatter.mark(target, self._positions(f, name), bit, self.backend)
+                else:
+                    target |= dtype.type(bit)
+        self._codes, self._codes_for = codes, key
+        return codes
 
     def _finish_floats(self, new: dict[np.dtype, np.ndarray], weights: np.ndarray,
                        total: float) -> float | None:
@@ -454,6 +507,21 @@ class FlatSas:
         return out
 
     # ---- downloads ---------------------------------------------------------------------------
+    def _download_values(self, site: str, key: str, value_dtype: str) -> np.ndarray:
+        """``site``'s kept values of ``key`` in the wire dtype, written straight into their
+        payload (:func:`~fedreid.fl.codec.npy_alloc`): taken there when the model is float32
+        and so are the values, else taken into scratch and converted there."""
+        slot = self._slots[key]
+        pos = self.store.positions(site, key)
+        payload, wire = npy_alloc((pos.size,), wire_dtype(value_dtype))
+        src = self._flat(self._global, key)
+        if value_dtype == "float32" and slot.dtype == np.float32:
+            scatter.take(src, pos, self.backend, out=wire)
+        else:
+            values = scatter.take(src, pos, self.backend, out=self._scratch[slot.group][: pos.size])
+            to_wire_values(values.astype(slot.dtype, copy=False), value_dtype, key, out=wire)
+        return npy_view(payload)
+
     def download_for(self, site: str, value_dtype: str = "float32") -> dict[str, np.ndarray]:
         """``site``'s personalised download (global ⊙ its mask) as wire arrays: masked tensors
         as values taken from the flat global plus the mask's digest (no bitmap: the site
@@ -463,11 +531,7 @@ class FlatSas:
         out: dict[str, np.ndarray] = {}
         for key in self._keys:
             if key in held:
-                slot = self._slots[key]
-                values = scatter.take(self._flat(self._global, key), self.store.positions(site, key),
-                                      self.backend)
-                wire = to_wire_values(values.astype(slot.dtype, copy=False), value_dtype, key)
-                out.update(encode_known(key, wire, held[key]))
+                out.update(encode_known(key, self._download_values(site, key, value_dtype), held[key]))
             elif key in self._ints:
                 out[f"{key}{SEP}dense"] = self._ints[key]
             else:

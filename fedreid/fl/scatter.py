@@ -3,11 +3,16 @@
 ``fold`` adds weighted values into one or more flat buffers at a site's kept positions,
 ``add_at``/``fill_at`` put one scalar there, ``take`` reads them; ``divide_or_keep`` is the
 dense finish (numerator over denominator, the previous value where nobody kept it);
+``mark`` sets a site's bit in per-element membership codes and ``finish_coded`` is the same
+finish with the denominator looked up per code (``member_lut``) and the numerators'
+combination fused in: one pass instead of a scatter per site and four whole-model passes;
 ``quantise`` makes int8 differences with per-block scales (the codec's int8 uploads and
-view steps). Compiled with numba when it
-is installed (plain loops: one pass folds a value into every numerator, ~1 ns per kept
-value); otherwise torch's ``index_add_``/``index_select`` on CPU views of the arrays (1.5-2x
-slower per numerator, one pass each). Both give the same float32 arithmetic per element:
+view steps).
+
+Compiled with numba when it is installed (plain loops: one pass folds a value into every
+numerator, ~1 ns per kept value), and then split over :func:`set_threads` threads;
+otherwise torch's ``index_add_``/``index_select`` on CPU views of the arrays (1.5-2x slower
+per numerator, one pass each). Both give the same float32 arithmetic per element:
 ``t[p] += float32(w) * v`` (torch may fuse the multiply-add, a rounding difference of at
 most one ulp). Positions must be unique (a site's mask), int32 or int64; values must have
 the targets' dtype.
@@ -16,7 +21,8 @@ the targets' dtype.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -27,6 +33,7 @@ except ImportError:  # numba is optional: torch does the same work a little slow
     njit = None
 
 BACKEND = "numba" if njit is not None else "torch"
+_BLOCK = 2048  # elements per block of the compiled finishes (their scratch stays in L1)
 
 if njit is not None:
 
@@ -69,6 +76,38 @@ if njit is not None:
                 den[i] = 1
 
     @njit(nogil=True, cache=True, boundscheck=False)
+    def _mark(code, pos, bit):  # pragma: no cover - compiled
+        for i in range(pos.size):
+            code[pos[i]] |= bit
+
+    # The finishes look the denominators up a block at a time, then divide in a second loop:
+    # a lookup inside the dividing loop keeps it scalar, and its branch then mispredicts on
+    # every randomly kept element (5x slower).
+    @njit(nogil=True, cache=True, boundscheck=False)
+    def _finish1(a, ca, code, lut, previous):  # pragma: no cover - compiled
+        den = np.empty(_BLOCK, lut.dtype)
+        for lo in range(0, a.size, _BLOCK):
+            m = min(_BLOCK, a.size - lo)
+            c, x, p = code[lo : lo + m], a[lo : lo + m], previous[lo : lo + m]
+            for j in range(m):
+                den[j] = lut[c[j]]
+            for j in range(m):
+                d = den[j]
+                x[j] = (x[j] * ca) / d if d != 0 else p[j]
+
+    @njit(nogil=True, cache=True, boundscheck=False)
+    def _finish2(a, b, ca, cb, code, lut, previous):  # pragma: no cover - compiled
+        den = np.empty(_BLOCK, lut.dtype)
+        for lo in range(0, a.size, _BLOCK):
+            m = min(_BLOCK, a.size - lo)
+            c, x, y, p = code[lo : lo + m], a[lo : lo + m], b[lo : lo + m], previous[lo : lo + m]
+            for j in range(m):
+                den[j] = lut[c[j]]
+            for j in range(m):
+                d = den[j]
+                x[j] = (x[j] * ca + y[j] * cb) / d if d != 0 else p[j]
+
+    @njit(nogil=True, cache=True, boundscheck=False)
     def _quantise(x, block, q, scale):  # pragma: no cover - compiled
         for b in range(scale.size):
             lo = b * block
@@ -87,8 +126,8 @@ if njit is not None:
         return True
 
     @njit(nogil=True, cache=True, boundscheck=False)
-    def _step(view, target, block, q, scale):  # pragma: no cover - compiled
-        for b in range(scale.size):  # every scale first: a NaN leaves the view untouched
+    def _step_scales(view, target, block, scale):  # pragma: no cover - compiled
+        for b in range(scale.size):
             m = np.float32(0.0)
             for i in range(b * block, min((b + 1) * block, view.size)):
                 a = abs(target[i] - view[i])
@@ -97,13 +136,59 @@ if njit is not None:
             scale[b] = m / np.float32(127.0)
             if not np.isfinite(scale[b]):
                 return False
+        return True
+
+    @njit(nogil=True, cache=True, boundscheck=False)
+    def _step_apply(view, target, block, q, scale):  # pragma: no cover - compiled
         for b in range(scale.size):
             s = scale[b]
             for i in range(b * block, min((b + 1) * block, view.size)):
                 r = np.int8(min(127.0, max(-127.0, np.rint((target[i] - view[i]) / s)))) if s > 0 else np.int8(0)
                 q[i] = r
                 view[i] = view[i] + np.float32(r) * s
-        return True
+
+
+# ---- threads -----------------------------------------------------------------------------
+# A large call is split into contiguous ranges of positions (unique, so no two threads write
+# one element) or of elements, one per thread; every element sees the same operations in the
+# same order, so the result does not depend on the thread count. Only the compiled kernels
+# split: they release the GIL.
+
+_MIN_SPLIT = 1 << 18  # elements per thread below which handing work over costs more than it saves
+_threads = 1
+_pool: ThreadPoolExecutor | None = None
+
+
+def set_threads(n: int) -> None:
+    """Threads the compiled kernels may split a large call over (1: the calling thread only)."""
+    global _threads, _pool
+    if n < 1:
+        raise ValueError(f"threads: {n} must be at least 1")
+    if n == _threads:
+        return
+    if _pool is not None:
+        _pool.shutdown(wait=True)
+    _pool = ThreadPoolExecutor(n - 1, thread_name_prefix="fedreid-scatter") if n > 1 else None
+    _threads = n
+
+
+def threads() -> int:
+    """The thread count :func:`set_threads` set."""
+    return _threads
+
+
+def _split(fn: Callable[[int, int], object], n: int, align: int = 1) -> list:
+    """``fn(lo, hi)`` over contiguous ranges of ``[0, n)`` (bounds multiples of ``align``), the
+    first on this thread and the rest on the pool; their results in range order."""
+    parts = min(_threads, n // _MIN_SPLIT)
+    if parts < 2:
+        return [fn(0, n)]
+    per = -(-n // parts)  # ceil(n / parts), rounded up to a multiple of align
+    step = -(-per // align) * align
+    ranges = [(lo, min(n, lo + step)) for lo in range(0, n, step)]
+    futures = [_pool.submit(fn, lo, hi) for lo, hi in ranges[1:]]
+    first = fn(*ranges[0])
+    return [first, *(f.result() for f in futures)]
 
 
 def tensor_view(a: np.ndarray) -> torch.Tensor:
@@ -120,10 +205,15 @@ def fold(targets: Sequence[np.ndarray], pos: np.ndarray, values: np.ndarray,
     """``targets[j][pos] += weights[j] * values`` for every j."""
     if backend == "numba":
         ws = [t.dtype.type(w) for t, w in zip(targets, weights, strict=True)]
-        for j in range(0, len(targets) - 1, 2):
-            _fold2(targets[j], targets[j + 1], pos, values, ws[j], ws[j + 1])
-        if len(targets) % 2:
-            _fold1(targets[-1], pos, values, ws[-1])
+
+        def part(lo: int, hi: int) -> None:
+            p, v = pos[lo:hi], values[lo:hi]
+            for j in range(0, len(targets) - 1, 2):
+                _fold2(targets[j], targets[j + 1], p, v, ws[j], ws[j + 1])
+            if len(targets) % 2:
+                _fold1(targets[-1], p, v, ws[-1])
+
+        _split(part, pos.size)
         return
     p, v = tensor_view(pos), tensor_view(values)
     for t, w in zip(targets, weights, strict=True):
@@ -133,7 +223,8 @@ def fold(targets: Sequence[np.ndarray], pos: np.ndarray, values: np.ndarray,
 def add_at(target: np.ndarray, pos: np.ndarray, value: float, backend: str = BACKEND) -> None:
     """``target[pos] += value``."""
     if backend == "numba":
-        _add_const(target, pos, target.dtype.type(value))
+        w = target.dtype.type(value)
+        _split(lambda lo, hi: _add_const(target, pos[lo:hi], w), pos.size)
         return
     t = torch.from_numpy(target)
     t.index_add_(0, tensor_view(pos), torch.full((pos.size,), value, dtype=t.dtype))
@@ -142,7 +233,8 @@ def add_at(target: np.ndarray, pos: np.ndarray, value: float, backend: str = BAC
 def fill_at(target: np.ndarray, pos: np.ndarray, value: float, backend: str = BACKEND) -> None:
     """``target[pos] = value``."""
     if backend == "numba":
-        _fill_const(target, pos, target.dtype.type(value))
+        w = target.dtype.type(value)
+        _split(lambda lo, hi: _fill_const(target, pos[lo:hi], w), pos.size)
         return
     torch.from_numpy(target).index_fill_(0, tensor_view(pos).long(), value)  # index_fill_ needs int64
 
@@ -152,7 +244,7 @@ def divide_or_keep(num: np.ndarray, den: np.ndarray, previous: np.ndarray, empty
     """``num /= den`` where ``den != 0``, ``num = previous`` (and ``den = 1``) where it is 0:
     SAS's finish for one tensor. ``empty`` is bool scratch of ``num``'s size (NumPy path)."""
     if backend == "numba":
-        _divide_or_keep(num, den, previous)
+        _split(lambda lo, hi: _divide_or_keep(num[lo:hi], den[lo:hi], previous[lo:hi]), num.size)
         return
     # Branch-free (a masked copy is 10x slower with scattered empties): num is exactly 0 where
     # den is, so num / (den + e) + previous * e.
@@ -163,11 +255,59 @@ def divide_or_keep(num: np.ndarray, den: np.ndarray, previous: np.ndarray, empty
         num += previous * empty
 
 
-def take(source: np.ndarray, pos: np.ndarray, backend: str = BACKEND) -> np.ndarray:
-    """``source[pos]`` as a new array (a NumPy allocation: torch's faults in fresh pages)."""
-    out = np.empty(pos.size, dtype=source.dtype)
+def mark(code: np.ndarray, pos: np.ndarray, bit: int, backend: str = BACKEND) -> None:
+    """``code[pos] |= bit`` (unsigned integer codes)."""
     if backend == "numba":
-        _take(out, source, pos)
+        b = code.dtype.type(bit)
+        _split(lambda lo, hi: _mark(code, pos[lo:hi], b), pos.size)
+        return
+    code[pos] |= code.dtype.type(bit)
+
+
+def member_lut(weights: Sequence[float], dtype: np.dtype) -> np.ndarray:
+    """Per membership code (bit k: site k kept the element), ``sum_k w_k`` over its bits,
+    summed in ``dtype`` in site order, as a per-site scatter-add would sum them; sites with
+    weight 0 add nothing."""
+    n = len(weights)
+    codes = np.arange(1 << n, dtype=np.int64)
+    lut = np.zeros(1 << n, dtype=dtype)
+    for k, w in enumerate(weights):
+        if w != 0:
+            sel = (codes >> k) & 1 == 1
+            lut[sel] += dtype.type(w)
+    return lut
+
+
+def finish_coded(a: np.ndarray, b: np.ndarray | None, ca: float, cb: float, code: np.ndarray,
+                 lut: np.ndarray, previous: np.ndarray, backend: str = BACKEND) -> None:
+    """``a = (ca a + cb b) / lut[code]`` in place, ``previous`` where that denominator is 0
+    (nobody with positive weight kept the element); ``b`` None drops its term. The float
+    operations are those of scaling, adding and dividing array by array."""
+    ca, cb = a.dtype.type(ca), a.dtype.type(cb)
+    if backend == "numba":
+        if b is None:
+            _split(lambda lo, hi: _finish1(a[lo:hi], ca, code[lo:hi], lut, previous[lo:hi]), a.size)
+        else:
+            _split(lambda lo, hi: _finish2(a[lo:hi], b[lo:hi], ca, cb, code[lo:hi], lut, previous[lo:hi]),
+                   a.size)
+        return
+    den = lut[code]
+    a *= ca
+    if b is not None:
+        a += b * cb
+    kept = den != 0
+    np.divide(a, den, out=a, where=kept)
+    np.copyto(a, previous, where=~kept)
+
+
+def take(source: np.ndarray, pos: np.ndarray, backend: str = BACKEND,
+         out: np.ndarray | None = None) -> np.ndarray:
+    """``source[pos]``, into ``out`` when given, else a new array (a NumPy allocation:
+    torch's faults in fresh pages)."""
+    if out is None:
+        out = np.empty(pos.size, dtype=source.dtype)
+    if backend == "numba":
+        _split(lambda lo, hi: _take(out[lo:hi], source, pos[lo:hi]), pos.size)
     else:
         torch.index_select(torch.from_numpy(source), 0, tensor_view(pos), out=torch.from_numpy(out))
     return out
@@ -183,7 +323,11 @@ def quantise(x: np.ndarray, block: int, backend: str = BACKEND) -> tuple[np.ndar
     blocks = -(-n // block)
     if backend == "numba":
         q, scale = np.empty(n, dtype=np.int8), np.empty(blocks, dtype=np.float32)
-        return (q, scale) if _quantise(x, block, q, scale) else None
+
+        def part(lo: int, hi: int) -> bool:
+            return _quantise(x[lo:hi], block, q[lo:hi], scale[lo // block : -(-hi // block)])
+
+        return (q, scale) if all(_split(part, n, block)) else None
     padded = torch.zeros(blocks * block)
     padded[:n] = torch.from_numpy(x)
     padded = padded.view(blocks, block)
@@ -201,8 +345,20 @@ def step_towards(view: np.ndarray, target: np.ndarray, block: int,
     float32, in place): ``view += q * scale`` in float32, as a receiver adds it. None (view
     untouched) when the difference has a NaN or infinity. Compiled: two passes."""
     if backend == "numba":
-        q, scale = np.empty(view.size, dtype=np.int8), np.empty(-(-view.size // block), dtype=np.float32)
-        return (q, scale) if _step(view, np.ascontiguousarray(target, dtype=np.float32), block, q, scale) else None
+        n = view.size
+        q, scale = np.empty(n, dtype=np.int8), np.empty(-(-n // block), dtype=np.float32)
+        target = np.ascontiguousarray(target, dtype=np.float32)
+
+        def blocks(lo: int, hi: int) -> slice:
+            return slice(lo // block, -(-hi // block))
+
+        # every scale first: a NaN anywhere leaves the view untouched
+        if not all(_split(lambda lo, hi: _step_scales(view[lo:hi], target[lo:hi], block,
+                                                      scale[blocks(lo, hi)]), n, block)):
+            return None
+        _split(lambda lo, hi: _step_apply(view[lo:hi], target[lo:hi], block, q[lo:hi],
+                                          scale[blocks(lo, hi)]), n, block)
+        return q, scale
     out = quantise(np.asarray(target, dtype=np.float32) - view, block, backend)
     if out is None:
         return None

@@ -8,9 +8,10 @@ every conv kernel pruned at random; KLPWA (convex, the default) weights from ran
    ratio = median of the per-repeat ratios to Flower's time in the same repeat):
    - ``ours``: the coordinator's whole per-round work, run through the strategy itself
      (``server.strategy.FedReIDStrategy``) on Flower ``Message`` replies:
-     ``aggregate_train`` (per reply ``npy_view`` of the payloads, zero copy; ``check_reply``:
-     metrics, structure, finiteness, bitmap or digest vs the held mask, declared sparsity;
-     ``FlatSas.fold``; then ``result()`` and the global's ``ArrayRecord``), then
+     ``aggregate_round``, what the round loop calls (per reply ``npy_view`` of the payloads,
+     zero copy; ``check_reply``: metrics, structure, finiteness, bitmap or digest vs the held
+     mask, declared sparsity; ``FlatSas.fold``; then ``result()``; no record of the whole
+     global: the downloads are taken from the aggregator), then
      ``configure_train`` for the next round (every site's download record: values taken
      from the flat global, digests, dense tensors; the dense ``Array``s shared by the
      records). ``held`` = replies refer to masks the server holds by digest (every round
@@ -41,11 +42,13 @@ every conv kernel pruned at random; KLPWA (convex, the default) weights from ran
 
 Both sides run with freed payload memory kept for reuse, as the coordinator runs
 (:mod:`server.memory`); ``--fresh-pages`` keeps glibc's defaults, where every round faults
-its payload pages in again. Single-threaded on both sides by default (``--threads``), as NumPy is for Flower. The
-machine's 1-minute load average is printed with the figures. ``--clock cpu`` times the
-calling thread's CPU time (user + system, page faults included) instead of wall time: on a
-shared, overloaded machine wall time mostly measures waiting for a core, and both sides run
-in that one thread (``--threads 1``); ``wall`` (default) is right on a quiet machine.
+its payload pages in again. Single-threaded on both sides by default; ``--threads N`` gives
+our side N threads (``agg.threads``: the compiled kernels split large calls; Flower's NumPy
+stays on one). The machine's 1-minute load average is printed with the figures. ``--clock
+cpu`` times the calling thread's CPU time (user + system, page faults included) instead of
+wall time: on a shared, overloaded machine wall time mostly measures waiting for a core, and
+both sides run in that one thread (so it needs ``--threads 1``); ``wall`` (default) is right
+on a quiet machine, and the only honest clock with more threads.
 
     .venv/bin/python -m sims.bench.aggregation_speed [--repeats 5] [--sparsity 0.6]
 """
@@ -266,7 +269,8 @@ def make_strategy(g, names: list[str], vd: str, dp: bool, int8: bool = False):
     from fedreid.config import load_config
     from server.strategy import FedReIDStrategy
 
-    over = [f"codec.value_dtype={vd}", f"data.sites=[{','.join(names)}]"]
+    over = [f"codec.value_dtype={vd}", f"data.sites=[{','.join(names)}]",
+            f"agg.threads={os.environ.get('BENCH_THREADS', '1')}"]
     if dp:
         over += ["dp.enabled=true", "dp.noise_multiplier=1.0", "dp.clipping_norm=5.0"]
     if int8:
@@ -280,7 +284,7 @@ def strategy_round(strat, msgs, grid: _Grid, rnd: int) -> None:
     """Aggregate the replies, then every site's next download."""
     from flwr.app import ArrayRecord, ConfigRecord
 
-    strat.aggregate_train(rnd, msgs)
+    strat.aggregate_round(rnd, msgs)
     list(strat.configure_train(rnd + 1, ArrayRecord(), ConfigRecord(), grid))
 
 
@@ -429,7 +433,7 @@ def child(method: str, n_sites: int, folder: Path) -> None:
             for rnd, kind in enumerate(("sent",) + ("held",) * STREAM_ROUNDS, start=1):
                 start = clock()
                 loading = [0.0]
-                strat.aggregate_train(rnd, arriving(kind, loading))
+                strat.aggregate_round(rnd, arriving(kind, loading))
                 for record in download_records(strat.flat, names):
                     del record  # pushed, then dropped
                 times.append(clock() - start - loading[0])
@@ -453,7 +457,7 @@ def child(method: str, n_sites: int, folder: Path) -> None:
     print(f"{seconds / n_sites} {mem.peak - mem.base}")
 
 
-def streaming_table(sparsity: float, threads: int) -> None:
+def streaming_table(sparsity: float) -> None:
     shapes = resnet_shapes()
     with tempfile.TemporaryDirectory(prefix="aggbench-", dir="/tmp") as tmp:
         folder = Path(tmp)
@@ -468,7 +472,7 @@ def streaming_table(sparsity: float, threads: int) -> None:
         print("2. Streaming: seconds per site and peak memory (MB above the global model; RSS)")
         print(f"  {'sites':>5} {'ours s/site':>11} {'flower s/site':>13} {'ratio':>6} "
               f"{'ours peak':>9} {'flower peak':>11}")
-        env = {**os.environ, "BENCH_THREADS": str(threads)}
+        env = dict(os.environ)
         flower_32 = None
         for n in (2, 8, 32, 128):
             res = {}
@@ -527,7 +531,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sparsity", type=float, default=0.6)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=1, help="torch threads on our side")
+    p.add_argument("--threads", type=int, default=1,
+                   help="our side's threads (agg.threads and torch); Flower's NumPy uses one")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="wall time, or this thread's CPU time (for a loaded machine)")
     p.add_argument("--fresh-pages", action="store_true",
@@ -540,16 +545,20 @@ def main() -> None:
     if args.child:
         child(args.child, args.sites, args.folder)
         return
+    if args.clock == "cpu" and args.threads > 1:
+        p.error(f"--clock cpu times the calling thread only; with --threads {args.threads} the "
+                f"other threads' work would go uncounted: use --clock wall")
     torch.set_num_threads(args.threads)
-    os.environ["BENCH_CLOCK"] = args.clock  # children inherit both
+    os.environ["BENCH_CLOCK"] = args.clock  # children inherit all three
+    os.environ["BENCH_THREADS"] = str(args.threads)
     os.environ["BENCH_FRESH_PAGES"] = "1" if args.fresh_pages else ""
     allocator_as_asked()
-    print(f"clock: {args.clock}; torch threads: {args.threads}")
+    print(f"clock: {args.clock}; our threads: {args.threads} (Flower: 1)")
     quiet_flower()
     if args.only in (None, "round"):
         round_table(args.sparsity, args.repeats)
     if args.only in (None, "streaming"):
-        streaming_table(args.sparsity, args.threads)
+        streaming_table(args.sparsity)
     if args.only in (None, "bytes"):
         bytes_table(args.sparsity)
 
