@@ -40,8 +40,6 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
 from fedreid.config.schema import FedReIDConfig
-from fedreid.cpus import usable_cpus
-from fedreid.fl import scatter
 from fedreid.fl.accounting import serialized_nbytes
 from fedreid.fl.admission import signature_of
 from fedreid.fl.codec import INITIAL_MISMATCH, encode_dense, encode_initial, state_digest
@@ -129,7 +127,6 @@ class FedReIDStrategy(FedAvg):
         self.on_round_end = on_round_end
         self.rng = np.random.default_rng(cfg.seed)
         a, dp = cfg.agg, cfg.dp
-        scatter.set_threads(a.threads or usable_cpus())
         self.rule = weight_rule(a.weighting, a.klaw_sign, a.praw_form, a.combine, a.beta)
         self.noise = GaussianNoise(dp.noise_multiplier, dp.clipping_norm, self.rng) if dp.enabled else None
         self.initial_digest = state_digest(initial_state) if cfg.codec.seeded_start else None

@@ -20,6 +20,7 @@ from fedreid.fl.codec import (
     encode_sparse,
     initial_digest,
     mask_digests,
+    npy_alloc,
     npy_payload,
     npy_view,
     pack_mask,
@@ -30,6 +31,7 @@ from fedreid.fl.codec import (
     to_wire_values,
     validate_encoded,
     values_f32,
+    wire_dtype,
 )
 
 F32 = np.float32
@@ -393,6 +395,26 @@ def test_npy_payload_is_np_save(arr):
     np.save(buf, arr, allow_pickle=False)
     assert npy_payload(arr) == buf.getvalue()
     np.testing.assert_array_equal(npy_view(npy_payload(arr)), arr)
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (0,), (7,)])
+@pytest.mark.parametrize("value_dtype", ["float32", "float16", "bfloat16"])
+def test_a_payload_filled_in_place_is_np_save_and_handed_on_without_a_copy(shape, value_dtype):
+    values = np.random.default_rng(0).standard_normal(shape).astype(F32)
+    payload, out = npy_alloc(shape, wire_dtype(value_dtype))
+    assert out.flags.writeable and out.shape == shape
+    to_wire_values(values, value_dtype, out=out.reshape(-1))
+    want = to_wire_values(values.reshape(-1), value_dtype).reshape(shape)
+    buf = io.BytesIO()
+    np.save(buf, want, allow_pickle=False)
+    assert payload == buf.getvalue()
+    view = npy_view(payload)
+    assert npy_payload(view) is payload  # the same bytes object: no copy
+    part = view[:1]  # a view of part of the payload gets its own bytes
+    if part.shape != view.shape:
+        assert npy_payload(part) is not payload
+        np.testing.assert_array_equal(npy_view(npy_payload(part)), part)
+    assert npy_payload(view.copy()) == payload
 
 
 @pytest.mark.parametrize("value_dtype", ["float32", "float16", "bfloat16"])

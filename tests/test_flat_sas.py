@@ -467,53 +467,6 @@ def test_finish_coded_equals_the_scattered_denominator_bit_for_bit(backend, nume
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.skipif(scatter.BACKEND != "numba", reason="only the compiled kernels use threads")
-def test_kernels_split_over_threads_give_the_same_bits(monkeypatch):
-    """Ranges of 64 elements over three threads against one thread, every kernel; a NaN in
-    the last range still leaves a view step's view untouched."""
-    rng = np.random.default_rng(12)
-    n = 5000
-    pos = np.flatnonzero(rng.random(n) < 0.4).astype(np.int32)
-    values = rng.standard_normal(pos.size).astype(F32)
-    previous = rng.standard_normal(n).astype(F32)
-    target = (previous + 1e-3 * rng.standard_normal(n)).astype(F32)
-    lut = scatter.member_lut([0.5, 2.0], np.dtype(F32))
-
-    def run() -> list[np.ndarray]:
-        t = [np.ones(n, F32), np.zeros(n, F32), np.full(n, 2, F32)]
-        scatter.fold(t, pos, values, [0.5, 2.0, -1.0])
-        scatter.add_at(t[0], pos, 0.25)
-        scatter.fill_at(t[1], pos[::3], 3.0)
-        code = np.zeros(n, np.uint8)
-        scatter.mark(code, pos, 1)
-        scatter.mark(code, pos[::2], 2)
-        scatter.finish_coded(t[2], t[0], 0.3, 0.7, code, lut, previous)
-        den = np.where(code > 0, 1.5, 0).astype(F32)
-        scatter.divide_or_keep(t[0], den, previous, np.empty(n, np.bool_))
-        view = previous.copy()
-        step = scatter.step_towards(view, target, 512)
-        bad, untouched = target.copy(), previous.copy()
-        bad[-1] = np.nan
-        assert scatter.step_towards(untouched, bad, 512) is None
-        np.testing.assert_array_equal(untouched, previous)
-        assert scatter.quantise(bad, 512) is None
-        return [*t, code, den, view, *step, *scatter.quantise(target - previous, 512),
-                scatter.take(t[1], pos)]
-
-    one = run()
-    monkeypatch.setattr(scatter, "_MIN_SPLIT", 64)
-    scatter.set_threads(3)
-    try:
-        assert scatter.threads() == 3
-        many = run()
-    finally:
-        scatter.set_threads(1)
-    for x, y in zip(one, many, strict=True):
-        np.testing.assert_array_equal(x, y)
-    with pytest.raises(ValueError, match="at least 1"):
-        scatter.set_threads(0)
-
-
 def test_membership_codes_follow_the_sites_and_masks_of_each_round():
     """The coded finish across rounds: the same sites and masks reuse the codes, a changed
     mask or another set of sites rebuilds them; each round equals a fresh aggregator's."""
@@ -550,3 +503,21 @@ def test_more_sites_than_membership_codes_hold_finish_by_scattering():
         flat.fold(f"s{i}", encode_sparse(state, masks), metrics)
     assert_close(flat.result(), want)
     assert flat._codes_for is None
+
+
+@pytest.mark.skipif(scatter.BACKEND != "numba", reason="the compiled check only")
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, "bfloat16"])
+def test_all_finite_finds_any_nan_or_infinity(dtype):
+    x = np.random.default_rng(15).standard_normal(1000).astype(np.float32) * 1e3
+    exponent = 0x7F80 if dtype == "bfloat16" else None
+
+    def encoded(a):
+        return (a.view(np.uint32) >> 16).astype(np.uint16) if dtype == "bfloat16" else a.astype(dtype)
+
+    assert scatter.all_finite(encoded(x), exponent) is True
+    assert scatter.all_finite(encoded(x[:0]), exponent) is True
+    for bad in (np.nan, np.inf, -np.inf):
+        y = x.copy()
+        y[617] = bad
+        assert scatter.all_finite(encoded(y), exponent) is False
+    assert scatter.all_finite(encoded(x)[::2], exponent) is None  # not contiguous: checked elsewhere

@@ -142,8 +142,6 @@ def validate(cfg: FedReIDConfig) -> None:
                 "eval.kwf_top_m", "eval.kwf_k"):
         if int(flat[key]) < 1:
             raise ConfigError(f"{key}={flat[key]} must be at least 1")
-    if cfg.agg.threads < 0:
-        raise ConfigError(f"agg.threads={cfg.agg.threads} must be >= 0 (0 = every usable core)")
     dp = cfg.dp
     if dp.clipping_norm <= 0 or dp.noise_multiplier < 0 or not 0 < dp.delta < 1:
         raise ConfigError(

@@ -103,7 +103,6 @@ class AggregationConfig:
     sas: bool = True  # mask-aware averaging (SAS); False = plain weighted average
     share_buffers: bool = True  # False: BN running statistics stay on each site (FedPav)
     max_update_norm: float = 0.0  # reject a reply whose ‖θ_k − θ_global‖ exceeds this (0 = off)
-    threads: int = 0  # coordinator threads for folding, finishing and downloads (0 = every usable core)
 
 
 @dataclass

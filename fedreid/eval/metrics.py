@@ -11,12 +11,11 @@ what the reference gives with a stable argsort.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-
-from fedreid.cpus import usable_cpus
 
 _ROW_CHUNK = 64  # rows sorted together: small enough to stay in cache, large enough to amortise
 _CUHK03_REPEATS = 10
@@ -26,6 +25,12 @@ def _as_array(x: Any) -> np.ndarray:
     if hasattr(x, "detach"):  # a torch tensor, possibly on an accelerator
         x = x.detach().cpu().numpy()
     return np.asarray(x)
+
+
+def _usable_cpus() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _check_inputs(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
@@ -201,7 +206,7 @@ def evaluate(
     seg_stop = np.cumsum(per_query[valid_q])
     seg_start = seg_stop - per_query[valid_q]
 
-    threads = num_threads if num_threads is not None else usable_cpus()
+    threads = num_threads if num_threads is not None else _usable_cpus()
     full_pos = _full_positions(dist, valid_q, seg_start, seg_stop, pair_g, pair_v, threads)
 
     # junk items ranked before each pair, and the 1-based rank of each positive among positives

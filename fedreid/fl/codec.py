@@ -79,7 +79,7 @@ import numpy as np
 import torch
 from numpy.lib import format as npy_format
 
-from fedreid.fl.scatter import dequantise, quantise, tensor_view
+from fedreid.fl.scatter import all_finite, dequantise, quantise, tensor_view
 
 SEP = "::"
 SPARSE_PARTS = ("bits", "values", "delta", "scale", "shape", "digest")  # every part a sparse tensor may carry
@@ -294,10 +294,14 @@ def _half_finite(bits16: np.ndarray, kind: str) -> bool:
 
 
 def _all_finite(values: np.ndarray) -> bool:
-    """One pass in the common case: a finite sum proves every value finite (NaN and +-inf
+    """The compiled check of the exponent bits (:func:`~fedreid.fl.scatter.all_finite`),
+    else one pass in the common case: a finite sum proves every value finite (NaN and +-inf
     propagate through it); only a sum that overflowed falls back to min/max. Neither makes a
     temporary the size of the array (unlike ``np.isfinite(values).all()``)."""
     kind = _WIRE.get(values.dtype)
+    compiled = all_finite(values, _EXP_ALL_ONES["bfloat16"] if kind == "bfloat16" else None)
+    if compiled is not None:
+        return compiled
     if kind in _EXP_ALL_ONES:
         return _half_finite(values, kind)
     with np.errstate(over="ignore", invalid="ignore"):
@@ -868,10 +872,11 @@ def npy_payload(array: np.ndarray) -> bytes:
 def _viewed_payload(a: np.ndarray, prefix: bytes) -> bytes | None:
     """The bytes ``a`` views when they are exactly ``prefix`` then ``a``'s data."""
     base = a.base
-    while isinstance(base, np.ndarray):
+    while isinstance(base, (np.ndarray, _Writable)):
         base = base.base
     if (isinstance(base, bytes) and len(base) == len(prefix) + a.nbytes
-            and a.ctypes.data == _address(base) + len(prefix) and base.startswith(prefix)):
+            and a.__array_interface__["data"][0] == _address(base) + len(prefix)
+            and base.startswith(prefix)):
         return base
     return None
 
@@ -882,6 +887,15 @@ _new_bytes.argtypes, _new_bytes.restype = (ctypes.c_void_p, ctypes.c_ssize_t), c
 
 def _address(data: bytes) -> int:
     return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
+
+
+class _Writable:
+    """NumPy's view of a fresh payload's data as writable memory; holds the payload (``base``)."""
+
+    def __init__(self, payload: bytes, offset: int, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+        self.base = payload
+        self.__array_interface__ = {"data": (_address(payload) + offset, False), "shape": shape,
+                                    "typestr": dtype.str, "version": 3}
 
 
 def npy_alloc(shape: tuple[int, ...], dtype: np.dtype) -> tuple[bytes, np.ndarray]:
@@ -895,9 +909,8 @@ def npy_alloc(shape: tuple[int, ...], dtype: np.dtype) -> tuple[bytes, np.ndarra
     shape = tuple(int(s) for s in shape)
     prefix = _npy_prefix(npy_format.dtype_to_descr(dtype), shape)
     payload = _new_bytes(None, len(prefix) + prod(shape) * dtype.itemsize)
-    raw = np.ctypeslib.as_array((ctypes.c_uint8 * len(payload)).from_address(_address(payload)))
-    raw[: len(prefix)] = np.frombuffer(prefix, dtype=np.uint8)
-    return payload, raw[len(prefix):].view(dtype).reshape(shape)
+    ctypes.memmove(_address(payload), prefix, len(prefix))
+    return payload, np.asarray(_Writable(payload, len(prefix), dtype, shape))
 
 
 def state_digest(state: Mapping[str, np.ndarray]) -> str:

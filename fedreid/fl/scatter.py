@@ -10,9 +10,8 @@ combination fused in: one pass instead of a scatter per site and four whole-mode
 view steps).
 
 Compiled with numba when it is installed (plain loops: one pass folds a value into every
-numerator, ~1 ns per kept value), and then split over :func:`set_threads` threads;
-otherwise torch's ``index_add_``/``index_select`` on CPU views of the arrays (1.5-2x slower
-per numerator, one pass each). Both give the same float32 arithmetic per element:
+numerator, ~1 ns per kept value); otherwise torch's ``index_add_``/``index_select`` on CPU
+views of the arrays (1.5-2x slower per numerator, one pass each). Both give the same float32 arithmetic per element:
 ``t[p] += float32(w) * v`` (torch may fuse the multiply-add, a rounding difference of at
 most one ulp). Positions must be unique (a site's mask), int32 or int64; values must have
 the targets' dtype.
@@ -21,8 +20,7 @@ the targets' dtype.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -108,6 +106,13 @@ if njit is not None:
                 x[j] = (x[j] * ca + y[j] * cb) / d if d != 0 else p[j]
 
     @njit(nogil=True, cache=True, boundscheck=False)
+    def _exponent_all_ones(bits, exp):  # pragma: no cover - compiled
+        hit = 0
+        for i in range(bits.size):
+            hit |= (bits[i] & exp) == exp  # an integer reduction: vectorised, no branch
+        return hit != 0
+
+    @njit(nogil=True, cache=True, boundscheck=False)
     def _quantise(x, block, q, scale):  # pragma: no cover - compiled
         for b in range(scale.size):
             lo = b * block
@@ -126,8 +131,8 @@ if njit is not None:
         return True
 
     @njit(nogil=True, cache=True, boundscheck=False)
-    def _step_scales(view, target, block, scale):  # pragma: no cover - compiled
-        for b in range(scale.size):
+    def _step(view, target, block, q, scale):  # pragma: no cover - compiled
+        for b in range(scale.size):  # every scale first: a NaN leaves the view untouched
             m = np.float32(0.0)
             for i in range(b * block, min((b + 1) * block, view.size)):
                 a = abs(target[i] - view[i])
@@ -136,59 +141,13 @@ if njit is not None:
             scale[b] = m / np.float32(127.0)
             if not np.isfinite(scale[b]):
                 return False
-        return True
-
-    @njit(nogil=True, cache=True, boundscheck=False)
-    def _step_apply(view, target, block, q, scale):  # pragma: no cover - compiled
         for b in range(scale.size):
             s = scale[b]
             for i in range(b * block, min((b + 1) * block, view.size)):
                 r = np.int8(min(127.0, max(-127.0, np.rint((target[i] - view[i]) / s)))) if s > 0 else np.int8(0)
                 q[i] = r
                 view[i] = view[i] + np.float32(r) * s
-
-
-# ---- threads -----------------------------------------------------------------------------
-# A large call is split into contiguous ranges of positions (unique, so no two threads write
-# one element) or of elements, one per thread; every element sees the same operations in the
-# same order, so the result does not depend on the thread count. Only the compiled kernels
-# split: they release the GIL.
-
-_MIN_SPLIT = 1 << 18  # elements per thread below which handing work over costs more than it saves
-_threads = 1
-_pool: ThreadPoolExecutor | None = None
-
-
-def set_threads(n: int) -> None:
-    """Threads the compiled kernels may split a large call over (1: the calling thread only)."""
-    global _threads, _pool
-    if n < 1:
-        raise ValueError(f"threads: {n} must be at least 1")
-    if n == _threads:
-        return
-    if _pool is not None:
-        _pool.shutdown(wait=True)
-    _pool = ThreadPoolExecutor(n - 1, thread_name_prefix="fedreid-scatter") if n > 1 else None
-    _threads = n
-
-
-def threads() -> int:
-    """The thread count :func:`set_threads` set."""
-    return _threads
-
-
-def _split(fn: Callable[[int, int], object], n: int, align: int = 1) -> list:
-    """``fn(lo, hi)`` over contiguous ranges of ``[0, n)`` (bounds multiples of ``align``), the
-    first on this thread and the rest on the pool; their results in range order."""
-    parts = min(_threads, n // _MIN_SPLIT)
-    if parts < 2:
-        return [fn(0, n)]
-    per = -(-n // parts)  # ceil(n / parts), rounded up to a multiple of align
-    step = -(-per // align) * align
-    ranges = [(lo, min(n, lo + step)) for lo in range(0, n, step)]
-    futures = [_pool.submit(fn, lo, hi) for lo, hi in ranges[1:]]
-    first = fn(*ranges[0])
-    return [first, *(f.result() for f in futures)]
+        return True
 
 
 def tensor_view(a: np.ndarray) -> torch.Tensor:
@@ -205,15 +164,10 @@ def fold(targets: Sequence[np.ndarray], pos: np.ndarray, values: np.ndarray,
     """``targets[j][pos] += weights[j] * values`` for every j."""
     if backend == "numba":
         ws = [t.dtype.type(w) for t, w in zip(targets, weights, strict=True)]
-
-        def part(lo: int, hi: int) -> None:
-            p, v = pos[lo:hi], values[lo:hi]
-            for j in range(0, len(targets) - 1, 2):
-                _fold2(targets[j], targets[j + 1], p, v, ws[j], ws[j + 1])
-            if len(targets) % 2:
-                _fold1(targets[-1], p, v, ws[-1])
-
-        _split(part, pos.size)
+        for j in range(0, len(targets) - 1, 2):
+            _fold2(targets[j], targets[j + 1], pos, values, ws[j], ws[j + 1])
+        if len(targets) % 2:
+            _fold1(targets[-1], pos, values, ws[-1])
         return
     p, v = tensor_view(pos), tensor_view(values)
     for t, w in zip(targets, weights, strict=True):
@@ -223,8 +177,7 @@ def fold(targets: Sequence[np.ndarray], pos: np.ndarray, values: np.ndarray,
 def add_at(target: np.ndarray, pos: np.ndarray, value: float, backend: str = BACKEND) -> None:
     """``target[pos] += value``."""
     if backend == "numba":
-        w = target.dtype.type(value)
-        _split(lambda lo, hi: _add_const(target, pos[lo:hi], w), pos.size)
+        _add_const(target, pos, target.dtype.type(value))
         return
     t = torch.from_numpy(target)
     t.index_add_(0, tensor_view(pos), torch.full((pos.size,), value, dtype=t.dtype))
@@ -233,8 +186,7 @@ def add_at(target: np.ndarray, pos: np.ndarray, value: float, backend: str = BAC
 def fill_at(target: np.ndarray, pos: np.ndarray, value: float, backend: str = BACKEND) -> None:
     """``target[pos] = value``."""
     if backend == "numba":
-        w = target.dtype.type(value)
-        _split(lambda lo, hi: _fill_const(target, pos[lo:hi], w), pos.size)
+        _fill_const(target, pos, target.dtype.type(value))
         return
     torch.from_numpy(target).index_fill_(0, tensor_view(pos).long(), value)  # index_fill_ needs int64
 
@@ -244,7 +196,7 @@ def divide_or_keep(num: np.ndarray, den: np.ndarray, previous: np.ndarray, empty
     """``num /= den`` where ``den != 0``, ``num = previous`` (and ``den = 1``) where it is 0:
     SAS's finish for one tensor. ``empty`` is bool scratch of ``num``'s size (NumPy path)."""
     if backend == "numba":
-        _split(lambda lo, hi: _divide_or_keep(num[lo:hi], den[lo:hi], previous[lo:hi]), num.size)
+        _divide_or_keep(num, den, previous)
         return
     # Branch-free (a masked copy is 10x slower with scattered empties): num is exactly 0 where
     # den is, so num / (den + e) + previous * e.
@@ -258,8 +210,7 @@ def divide_or_keep(num: np.ndarray, den: np.ndarray, previous: np.ndarray, empty
 def mark(code: np.ndarray, pos: np.ndarray, bit: int, backend: str = BACKEND) -> None:
     """``code[pos] |= bit`` (unsigned integer codes)."""
     if backend == "numba":
-        b = code.dtype.type(bit)
-        _split(lambda lo, hi: _mark(code, pos[lo:hi], b), pos.size)
+        _mark(code, pos, code.dtype.type(bit))
         return
     code[pos] |= code.dtype.type(bit)
 
@@ -286,10 +237,9 @@ def finish_coded(a: np.ndarray, b: np.ndarray | None, ca: float, cb: float, code
     ca, cb = a.dtype.type(ca), a.dtype.type(cb)
     if backend == "numba":
         if b is None:
-            _split(lambda lo, hi: _finish1(a[lo:hi], ca, code[lo:hi], lut, previous[lo:hi]), a.size)
+            _finish1(a, ca, code, lut, previous)
         else:
-            _split(lambda lo, hi: _finish2(a[lo:hi], b[lo:hi], ca, cb, code[lo:hi], lut, previous[lo:hi]),
-                   a.size)
+            _finish2(a, b, ca, cb, code, lut, previous)
         return
     den = lut[code]
     a *= ca
@@ -300,6 +250,28 @@ def finish_coded(a: np.ndarray, b: np.ndarray | None, ca: float, cb: float, code
     np.copyto(a, previous, where=~kept)
 
 
+# Per float format: its bits as an unsigned integer, and its exponent field (all ones: inf/NaN).
+_EXPONENTS = {np.dtype(np.float16): (np.uint16, 0x7C00), np.dtype(np.float32): (np.uint32, 0x7F800000),
+              np.dtype(np.float64): (np.uint64, 0x7FF0000000000000)}
+
+
+def all_finite(values: np.ndarray, exponent: int | None = None) -> bool | None:
+    """No NaN or infinity in a contiguous float16/32/64 array, or among uint16 bit patterns
+    whose exponent field is ``exponent`` (bfloat16's: 0x7F80): one integer pass over the
+    bits. None where the numba kernels are missing or the array is not contiguous; the
+    caller then checks another way."""
+    if njit is None or not values.flags.c_contiguous:
+        return None
+    if exponent is None:
+        if values.dtype not in _EXPONENTS:
+            return None
+        uint, exponent = _EXPONENTS[values.dtype]
+    else:
+        uint = np.uint16
+    bits = values.reshape(-1).view(uint)
+    return not _exponent_all_ones(bits, bits.dtype.type(exponent))
+
+
 def take(source: np.ndarray, pos: np.ndarray, backend: str = BACKEND,
          out: np.ndarray | None = None) -> np.ndarray:
     """``source[pos]``, into ``out`` when given, else a new array (a NumPy allocation:
@@ -307,7 +279,7 @@ def take(source: np.ndarray, pos: np.ndarray, backend: str = BACKEND,
     if out is None:
         out = np.empty(pos.size, dtype=source.dtype)
     if backend == "numba":
-        _split(lambda lo, hi: _take(out[lo:hi], source, pos[lo:hi]), pos.size)
+        _take(out, source, pos)
     else:
         torch.index_select(torch.from_numpy(source), 0, tensor_view(pos), out=torch.from_numpy(out))
     return out
@@ -323,11 +295,7 @@ def quantise(x: np.ndarray, block: int, backend: str = BACKEND) -> tuple[np.ndar
     blocks = -(-n // block)
     if backend == "numba":
         q, scale = np.empty(n, dtype=np.int8), np.empty(blocks, dtype=np.float32)
-
-        def part(lo: int, hi: int) -> bool:
-            return _quantise(x[lo:hi], block, q[lo:hi], scale[lo // block : -(-hi // block)])
-
-        return (q, scale) if all(_split(part, n, block)) else None
+        return (q, scale) if _quantise(x, block, q, scale) else None
     padded = torch.zeros(blocks * block)
     padded[:n] = torch.from_numpy(x)
     padded = padded.view(blocks, block)
@@ -345,20 +313,8 @@ def step_towards(view: np.ndarray, target: np.ndarray, block: int,
     float32, in place): ``view += q * scale`` in float32, as a receiver adds it. None (view
     untouched) when the difference has a NaN or infinity. Compiled: two passes."""
     if backend == "numba":
-        n = view.size
-        q, scale = np.empty(n, dtype=np.int8), np.empty(-(-n // block), dtype=np.float32)
-        target = np.ascontiguousarray(target, dtype=np.float32)
-
-        def blocks(lo: int, hi: int) -> slice:
-            return slice(lo // block, -(-hi // block))
-
-        # every scale first: a NaN anywhere leaves the view untouched
-        if not all(_split(lambda lo, hi: _step_scales(view[lo:hi], target[lo:hi], block,
-                                                      scale[blocks(lo, hi)]), n, block)):
-            return None
-        _split(lambda lo, hi: _step_apply(view[lo:hi], target[lo:hi], block, q[lo:hi],
-                                          scale[blocks(lo, hi)]), n, block)
-        return q, scale
+        q, scale = np.empty(view.size, dtype=np.int8), np.empty(-(-view.size // block), dtype=np.float32)
+        return (q, scale) if _step(view, np.ascontiguousarray(target, dtype=np.float32), block, q, scale) else None
     out = quantise(np.asarray(target, dtype=np.float32) - view, block, backend)
     if out is None:
         return None

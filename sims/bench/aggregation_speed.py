@@ -42,13 +42,13 @@ every conv kernel pruned at random; KLPWA (convex, the default) weights from ran
 
 Both sides run with freed payload memory kept for reuse, as the coordinator runs
 (:mod:`server.memory`); ``--fresh-pages`` keeps glibc's defaults, where every round faults
-its payload pages in again. Single-threaded on both sides by default; ``--threads N`` gives
-our side N threads (``agg.threads``: the compiled kernels split large calls; Flower's NumPy
-stays on one). The machine's 1-minute load average is printed with the figures. ``--clock
-cpu`` times the calling thread's CPU time (user + system, page faults included) instead of
-wall time: on a shared, overloaded machine wall time mostly measures waiting for a core, and
-both sides run in that one thread (so it needs ``--threads 1``); ``wall`` (default) is right
-on a quiet machine, and the only honest clock with more threads.
+its payload pages in again. Single-threaded on both sides by default, as NumPy is for
+Flower (``--threads N``: torch's threads on our side, for half-precision conversions). The
+machine's 1-minute load average is printed with the figures. ``--clock cpu`` times the
+calling thread's CPU time (user + system, page faults included) instead of wall time: on a
+shared, overloaded machine wall time mostly measures waiting for a core, and both sides run
+in that one thread (so it needs ``--threads 1``); ``wall`` (default) is right on a quiet
+machine.
 
     .venv/bin/python -m sims.bench.aggregation_speed [--repeats 5] [--sparsity 0.6]
 """
@@ -269,8 +269,7 @@ def make_strategy(g, names: list[str], vd: str, dp: bool, int8: bool = False):
     from fedreid.config import load_config
     from server.strategy import FedReIDStrategy
 
-    over = [f"codec.value_dtype={vd}", f"data.sites=[{','.join(names)}]",
-            f"agg.threads={os.environ.get('BENCH_THREADS', '1')}"]
+    over = [f"codec.value_dtype={vd}", f"data.sites=[{','.join(names)}]"]
     if dp:
         over += ["dp.enabled=true", "dp.noise_multiplier=1.0", "dp.clipping_norm=5.0"]
     if int8:
@@ -532,7 +531,7 @@ def main() -> None:
     p.add_argument("--sparsity", type=float, default=0.6)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1,
-                   help="our side's threads (agg.threads and torch); Flower's NumPy uses one")
+                   help="torch threads on our side; Flower's NumPy uses one")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="wall time, or this thread's CPU time (for a loaded machine)")
     p.add_argument("--fresh-pages", action="store_true",
@@ -553,7 +552,7 @@ def main() -> None:
     os.environ["BENCH_THREADS"] = str(args.threads)
     os.environ["BENCH_FRESH_PAGES"] = "1" if args.fresh_pages else ""
     allocator_as_asked()
-    print(f"clock: {args.clock}; our threads: {args.threads} (Flower: 1)")
+    print(f"clock: {args.clock}; torch threads: {args.threads}")
     quiet_flower()
     if args.only in (None, "round"):
         round_table(args.sparsity, args.repeats)
