@@ -13,8 +13,12 @@ Same result as :class:`fedreid.fl.sas.SasAccumulator` (within float32 rounding),
 - weights that depend on every reply (KLPWA) are handled exactly without holding replies:
   one numerator per basis of the :class:`fedreid.fl.weight_rules.WeightRule`, combined with
   its coefficients at the end (see that module);
-- the denominator ``sum_k a_k m_k`` and DP's per-element noise scale are built at the end,
-  tensor by tensor in a cache-sized scratch, from the masks the coordinator keeps anyway;
+- the denominator ``sum_k a_k m_k`` is looked up at the end: each element's membership code
+  (bit k set when the k-th folded site kept it; one byte per element up to 8 sites, two up
+  to 16, cached while the same sites fold with the same masks) indexes a table of the
+  round's weight sums, in the same pass that combines the numerators and divides. With DP
+  noise or more than 16 sites, it and DP's per-element noise scale are scattered site by
+  site, tensor by tensor in a cache-sized scratch, from the masks the coordinator keeps;
 - a reply may refer to a mask the coordinator holds by its digest instead of sending the
   bitmap; downloads never carry a bitmap (the site holds its own mask);
 - a reply may send differences from its download (``::delta``): they are added to the
