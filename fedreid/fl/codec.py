@@ -79,7 +79,7 @@ import numpy as np
 import torch
 from numpy.lib import format as npy_format
 
-from fedreid.fl.scatter import all_finite, dequantise, quantise, tensor_view
+from fedreid.fl.scatter import EXPONENT_BITS, all_finite, dequantise, quantise, tensor_view
 
 SEP = "::"
 SPARSE_PARTS = ("bits", "values", "delta", "scale", "shape", "digest")  # every part a sparse tensor may carry
@@ -104,7 +104,6 @@ _FP16_MAX = float(np.finfo(np.float16).max)
 # Wire dtype of the values array -> the value dtype it carries.
 _WIRE = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16",
          np.dtype(np.uint16): "bfloat16"}
-_EXP_ALL_ONES = {"float16": 0x7C00, "bfloat16": 0x7F80}  # exponent bits of inf/NaN
 
 _NPY_MAGIC = b"\x93NUMPY"
 # The header np.save writes for a plain array (numpy.lib.format.header_data_from_array_1_0).
@@ -229,7 +228,7 @@ def to_wire_values(values: np.ndarray, value_dtype: str, name: str = "values",
             )
         return _to_half(values, torch.float16, out)
     out = _to_half(values, torch.bfloat16, out)
-    if not _half_finite(out, "bfloat16"):
+    if not _all_finite(out):
         raise ValueError(
             f"{name!r}: values exceed the bfloat16 range or are not finite; use value_dtype="
             f"'float32'"
@@ -285,12 +284,12 @@ def value_dtype_of(values: np.ndarray) -> str | None:
     return _WIRE.get(values.dtype)
 
 
-def _half_finite(bits16: np.ndarray, kind: str) -> bool:
-    """No inf/NaN among float16/bfloat16 bit patterns: an all-ones exponent marks them."""
+def _half_finite(bits16: np.ndarray) -> bool:
+    """No inf/NaN among float16/bfloat16 (uint16) bit patterns: an all-ones exponent marks them."""
     if bits16.size == 0:
         return True
     top = int(np.bitwise_and(bits16.view(np.uint16), 0x7FFF).max())
-    return top < _EXP_ALL_ONES[kind]
+    return top < EXPONENT_BITS[bits16.dtype]
 
 
 def _all_finite(values: np.ndarray) -> bool:
@@ -298,12 +297,11 @@ def _all_finite(values: np.ndarray) -> bool:
     else one pass in the common case: a finite sum proves every value finite (NaN and +-inf
     propagate through it); only a sum that overflowed falls back to min/max. Neither makes a
     temporary the size of the array (unlike ``np.isfinite(values).all()``)."""
-    kind = _WIRE.get(values.dtype)
-    compiled = all_finite(values, _EXP_ALL_ONES["bfloat16"] if kind == "bfloat16" else None)
+    compiled = all_finite(values)
     if compiled is not None:
         return compiled
-    if kind in _EXP_ALL_ONES:
-        return _half_finite(values, kind)
+    if values.dtype.itemsize == 2:
+        return _half_finite(values)
     with np.errstate(over="ignore", invalid="ignore"):
         if values.size == 0 or np.isfinite(values.sum()):
             return True

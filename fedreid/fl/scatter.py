@@ -250,25 +250,21 @@ def finish_coded(a: np.ndarray, b: np.ndarray | None, ca: float, cb: float, code
     np.copyto(a, previous, where=~kept)
 
 
-# Per float format: its bits as an unsigned integer, and its exponent field (all ones: inf/NaN).
-_EXPONENTS = {np.dtype(np.float16): (np.uint16, 0x7C00), np.dtype(np.float32): (np.uint32, 0x7F800000),
-              np.dtype(np.float64): (np.uint64, 0x7FF0000000000000)}
+# Per wire float format, the exponent field of its bits: all ones in inf and NaN. uint16 is
+# bfloat16, which the codec sends as its bits.
+EXPONENT_BITS = {np.dtype(np.float16): 0x7C00, np.dtype(np.uint16): 0x7F80, np.dtype(np.float32): 0x7F800000,
+                 np.dtype(np.float64): 0x7FF0000000000000}
+_UNSIGNED = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
-def all_finite(values: np.ndarray, exponent: int | None = None) -> bool | None:
-    """No NaN or infinity in a contiguous float16/32/64 array, or among uint16 bit patterns
-    whose exponent field is ``exponent`` (bfloat16's: 0x7F80): one integer pass over the
-    bits. None where the numba kernels are missing or the array is not contiguous; the
-    caller then checks another way."""
-    if njit is None or not values.flags.c_contiguous:
+def all_finite(values: np.ndarray) -> bool | None:
+    """No NaN or infinity in a contiguous array of a dtype in :data:`EXPONENT_BITS`: one
+    integer pass over the bits. None where the numba kernels are missing, the array is not
+    contiguous or its dtype is another; the caller then checks another way."""
+    exponent = EXPONENT_BITS.get(values.dtype)
+    if njit is None or exponent is None or not values.flags.c_contiguous:
         return None
-    if exponent is None:
-        if values.dtype not in _EXPONENTS:
-            return None
-        uint, exponent = _EXPONENTS[values.dtype]
-    else:
-        uint = np.uint16
-    bits = values.reshape(-1).view(uint)
+    bits = values.reshape(-1).view(_UNSIGNED[values.dtype.itemsize])
     return not _exponent_all_ones(bits, bits.dtype.type(exponent))
 
 
