@@ -98,6 +98,15 @@ def _acc_dtype(dtype: np.dtype) -> np.dtype:
     return np.dtype(np.result_type(dtype, np.float32))
 
 
+def _combine(out: np.ndarray, coef: float, others: list[tuple[np.ndarray, float]]) -> None:
+    """``out = coef * out + sum(c * other)`` in ``out``'s dtype, array by array; each
+    ``other`` is scaled in place (a numerator the round retires next)."""
+    out *= out.dtype.type(coef)
+    for other, c in others:
+        other *= out.dtype.type(c)
+        out += other
+
+
 class FlatSas:
     """The coordinator's SAS across rounds: ``fold`` each reply, ``result``, ``download_for``.
 
@@ -385,11 +394,7 @@ class FlatSas:
             top = None
         else:
             for g, buf in new.items():
-                buf *= g.type(coefs[live[0]])
-                for j in live[1:]:
-                    other = self._num[j][g]
-                    other *= g.type(coefs[j])
-                    buf += other
+                _combine(buf, coefs[live[0]], [(self._num[j][g], coefs[j]) for j in live[1:]])
             top = self._finish_floats(new, weights, total)
         for j in range(len(self._num)):
             if j != live[0]:
@@ -405,6 +410,10 @@ class FlatSas:
         self._new_round()
         return self.global_state()
 
+    def _masked(self, key: str) -> bool:
+        """SAS applies to ``key``: some folded site sent it masked."""
+        return self.mask_aware and any(key in f.masks for f in self._folded)
+
     def _finish_coded(self, new: dict[np.dtype, np.ndarray], other: dict[np.dtype, np.ndarray] | None,
                       coefs: list[float], weights: np.ndarray, total: float) -> None:
         """Without DP noise: ``(c_0 num_0 + c_1 num_1) / den`` in one pass per tensor, the
@@ -416,16 +425,12 @@ class FlatSas:
         for key, slot in self._slots.items():
             out = self._flat(new, key)
             b = None if other is None else self._flat(other, key)
-            if any(key in f.masks for f in self._folded):
+            if self._masked(key):
                 scatter.finish_coded(out, b, coefs[0], cb, self._flat(codes, key), luts[slot.group],
                                      self._flat(self._global, key), self.backend)
                 continue
-            g = slot.group.type
-            out *= g(coefs[0])
-            if b is not None:
-                tmp = np.multiply(b, g(cb), out=self._scratch[slot.group][: slot.size])
-                out += tmp
-            out /= g(total)
+            _combine(out, coefs[0], [] if b is None else [(b, cb)])
+            out /= slot.group.type(total)
 
     def _member_codes(self) -> dict[np.dtype, np.ndarray]:
         """Per element, bit k set when the k-th folded site kept it (or sent its tensor
@@ -456,7 +461,7 @@ class FlatSas:
             if slot is None:
                 continue
             num = self._flat(new, key)
-            masked = self.mask_aware and any(key in f.masks for f in self._folded)
+            masked = self._masked(key)
             if masked:
                 den = self._denominator(key, slot, weights)
                 scatter.divide_or_keep(num, den, self._flat(self._global, key),
