@@ -151,7 +151,10 @@ class FedReIDStrategy(FedAvg):
         """Adopt a state (a new run, or a resumed checkpoint): the aggregator starts from its
         global model and masks, the privacy ledger from its rounds."""
         self._state = value
-        self.flat = FlatSas(value.global_state, self.rule, mask_aware=self.cfg.agg.sas, noise=self.noise)
+        # Plain float32 downloads can be written while the new global is built (FlatSas).
+        values = self.cfg.codec.download == "values"
+        self.flat = FlatSas(value.global_state, self.rule, mask_aware=self.cfg.agg.sas, noise=self.noise,
+                            download_dtype=self.cfg.codec.value_dtype if values else None)
         for site, masks in value.site_masks.items():
             self.flat.set_site_masks(site, masks)
         dp = self.cfg.dp

@@ -224,12 +224,12 @@ def test_dead_numerators_are_dropped():
     positive total; product KLPWA keeps one numerator."""
     g = {"w": np.zeros(4, F32)}
     rep = encode_sparse({"w": np.ones(4, F32)}, {"w": np.ones(4, bool)})
-    convex = FlatSas(g, KlpwaWeights())
+    convex = FlatSas(g, KlpwaWeights(), one_pass=False)
     convex.fold("a", rep, {"kl_divergence": 0.0, "prune_ratio": 0.5})  # KL column still 0
     assert convex.live_numerators == 2  # ratio + uniform fallback
     convex.fold("b", rep, {"kl_divergence": 0.2, "prune_ratio": 0.5})
     assert convex.live_numerators == 2  # KL + ratio; the fallback is dead
-    product = FlatSas(g, KlpwaWeights(combine="product"))
+    product = FlatSas(g, KlpwaWeights(combine="product"), one_pass=False)
     for i in range(3):
         product.fold(f"s{i}", rep, {"kl_divergence": 0.1 * (i + 1), "prune_ratio": 0.5})
     assert product.live_numerators == 1

@@ -45,7 +45,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fedreid.fl import scatter
+from fedreid.fl import scatter, simd
 from fedreid.fl.codec import (
     SEP,
     MaskMismatch,
@@ -67,6 +67,7 @@ from fedreid.fl.weight_rules import FixedWeights, Signal, WeightRule
 
 INT_RULES = ("mean", "max")
 MAX_CODED_SITES = 16  # membership codes fit a uint16 and their lookup table 2**16 entries
+MAX_STAGED = 8  # replies held unfolded for the one-pass finish (fedreid.fl.simd)
 
 
 class _Slot(NamedTuple):
@@ -84,6 +85,16 @@ class _Folded:
     site: str
     scores: np.ndarray
     masks: dict[str, PackedMask]  # the masks its sparse tensors were folded with
+
+
+@dataclass(frozen=True)
+class _Staged:
+    """A reply held unfolded until ``result`` (the one-pass finish) or a flush."""
+
+    site: str
+    dense: Mapping[str, np.ndarray]
+    sparse: Mapping[str, SparseTensor]
+    scores: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -125,6 +136,8 @@ class FlatSas:
         noise: GaussianNoise | None = None,
         store: MaskStore | None = None,
         backend: str = scatter.BACKEND,
+        download_dtype: str | None = None,
+        one_pass: bool = True,
     ) -> None:
         if int_rule not in INT_RULES:
             raise ValueError(f"int_rule: {int_rule!r} is not one of {INT_RULES}")
@@ -134,6 +147,7 @@ class FlatSas:
         self.noise = noise
         self.store = store or MaskStore()
         self.backend = backend
+        self.download_dtype = download_dtype
         self.summary: RoundSummary | None = None
         self._slots: dict[str, _Slot] = {}
         self._ints: dict[str, np.ndarray] = {}
@@ -177,6 +191,13 @@ class FlatSas:
         self._pool: list[np.ndarray] = []  # retired model-sized buffers, reused when unshared
         self._codes: dict[np.dtype, np.ndarray] = {}
         self._codes_for: tuple | None = None  # the folded sites and masks the codes describe
+        # The one-pass finish needs the compiled AVX-512 kernel and a float32 model, and does
+        # not add DP noise.
+        self._one_pass = (one_pass and simd.AVAILABLE and backend == "numba" and noise is None and mask_aware
+                          and set(self._global) <= {np.dtype(np.float32)})
+        self._site_scratch: list[np.ndarray] = []  # float32 values of a staged site, per tensor
+        self._all_kept: dict[int, np.ndarray] = {}  # lane bits of an all-kept mask, per size
+        self._ready: dict[str, dict[str, np.ndarray]] = {}  # downloads the finish wrote
         self._new_round()
 
     # ---- views -------------------------------------------------------------------------------
@@ -211,11 +232,13 @@ class FlatSas:
             if name not in self._slots or np.shape(m) != self._slots[name].shape:
                 raise ValueError(f"masks[{name!r}]: not a float tensor of the global model's shape")
         self.store.set_bool(site, masks)
+        self._ready.pop(site, None)
 
     def forget(self, site: str) -> None:
         """Drop ``site``'s masks: its next download is dense and its next reply must carry
         every bitmap (call it when the site's round failed or a mask did not match)."""
         self.store.forget(site)
+        self._ready.pop(site, None)
 
     # ---- folding -----------------------------------------------------------------------------
     @property
@@ -224,16 +247,21 @@ class FlatSas:
         return sum(num is not None for num in self._num)
 
     def _zeros(self, like: np.ndarray) -> np.ndarray:
-        """A zeroed buffer like ``like``: a retired one nobody else references (zeroing it is
-        ~10x cheaper than faulting in fresh pages), else a new one."""
+        """A zeroed buffer like ``like`` (:meth:`_spare`, zeroed)."""
+        buf = self._spare(like)
+        buf[:] = 0
+        return buf
+
+    def _spare(self, like: np.ndarray) -> np.ndarray:
+        """A buffer like ``like``, contents undefined: a retired one nobody else references
+        (reusing it is ~10x cheaper than faulting in fresh pages), else a new one."""
         for i in range(len(self._pool)):
             buf = self._pool[i]
             # References: the pool, ``buf`` and getrefcount's argument; each view adds one.
             if buf.dtype == like.dtype and buf.size == like.size and sys.getrefcount(buf) <= 3:
                 del self._pool[i]
-                buf[:] = 0
                 return buf
-        return np.zeros_like(like)
+        return np.empty_like(like)
 
     def _retire(self, buffers: dict[np.dtype, np.ndarray] | None) -> None:
         if buffers is not None:
@@ -242,6 +270,7 @@ class FlatSas:
 
     def _new_round(self) -> None:
         self._folded: list[_Folded] = []
+        self._staged: list[_Staged] = []
         self._totals = np.zeros(len(self.rule.bases))
         self._num: list[dict[np.dtype, np.ndarray] | None] = [None] * len(self.rule.bases)
         self._int_acc: list[dict[str, np.ndarray] | None] = [None] * len(self.rule.bases)
@@ -297,22 +326,10 @@ class FlatSas:
                  for name, t in sparse.items()}
         self.store.set(site, masks)
         self._totals += scores
-        alive = self.rule.alive(self._totals)
-        for j in np.flatnonzero(~alive):
-            self._retire(self._num[j])
-            self._num[j] = None
-            self._int_acc[j] = None
-        active = [int(j) for j in np.flatnonzero(alive & (scores > 0))]
+        active = self._active(scores)
         for j in active:
-            if self._num[j] is None:
-                self._num[j] = {g: self._zeros(b) for g, b in self._global.items()}
+            if self._int_acc[j] is None:
                 self._int_acc[j] = {k: np.zeros(v.shape, np.float64) for k, v in self._ints.items()}
-        batched = self._fold_tails(dense, sparse, scores, active)
-        for key, slot in self._slots.items():
-            if key in sparse:
-                self._fold_sparse(site, key, slot, sparse[key], scores, active)
-            elif key not in batched:
-                self._fold_dense(key, slot, dense[key], scores, active)
         for key in self._ints:
             t = dense[key]
             if self.int_rule == "max":
@@ -321,7 +338,47 @@ class FlatSas:
             else:
                 for j in active:
                     self._int_acc[j][key] += t.astype(np.float64) * scores[j]
+        if self._stages(sparse):
+            self._staged.append(_Staged(site, dense, sparse, scores))
+        else:
+            self._flush()
+            self._fold_floats(site, dense, sparse, scores, active)
         self._folded.append(_Folded(site, scores, masks))
+
+    def _active(self, scores: np.ndarray) -> list[int]:
+        """The bases a site with these scores adds to: alive at the totals so far (dead
+        bases' numerators retired) and scored above 0."""
+        alive = self.rule.alive(self._totals)
+        for j in np.flatnonzero(~alive):
+            self._retire(self._num[j])
+            self._num[j] = None
+            self._int_acc[j] = None
+        return [int(j) for j in np.flatnonzero(alive & (scores > 0))]
+
+    def _stages(self, sparse: Mapping[str, SparseTensor]) -> bool:
+        """Hold this reply for the one-pass finish: possible while nothing was folded into
+        numerators, fewer than MAX_STAGED are held, and it sends no differences."""
+        return (self._one_pass and len(self._staged) < MAX_STAGED and self.live_numerators == 0
+                and not any(t.delta for t in sparse.values()))
+
+    def _flush(self) -> None:
+        """Fold the held replies into numerators (more replies came than may be held)."""
+        for staged in self._staged:
+            self._fold_floats(staged.site, staged.dense, staged.sparse, staged.scores,
+                              self._active(staged.scores))
+        self._staged = []
+
+    def _fold_floats(self, site: str, dense: Mapping[str, np.ndarray], sparse: Mapping[str, SparseTensor],
+                     scores: np.ndarray, active: list[int]) -> None:
+        for j in active:
+            if self._num[j] is None:
+                self._num[j] = {g: self._zeros(b) for g, b in self._global.items()}
+        batched = self._fold_tails(dense, sparse, scores, active)
+        for key, slot in self._slots.items():
+            if key in sparse:
+                self._fold_sparse(site, key, slot, sparse[key], scores, active)
+            elif key not in batched:
+                self._fold_dense(key, slot, dense[key], scores, active)
 
     def _fold_sparse(self, site: str, key: str, slot: _Slot, t: SparseTensor,
                      scores: np.ndarray, active: list[int]) -> None:
@@ -386,6 +443,13 @@ class FlatSas:
         total = float(weights.sum())
         if not total > 0:
             raise ValueError("site weights sum to 0; give at least one site a positive weight")
+        self._ready = {}
+        live = [j for j in range(len(coefs)) if coefs[j] != 0 and (
+            self._num[j] is not None or any(st.scores[j] > 0 for st in self._staged))]
+        if self._staged and self.live_numerators == 0 and len(live) <= 2:
+            self._finish_one_pass(live, coefs, weights, total)
+            return self._end_round(None, coefs, weights, total)
+        self._flush()
         live = [j for j in range(len(coefs)) if self._num[j] is not None and coefs[j] != 0]
         new = self._num[live[0]]
         if self.noise is None and self.mask_aware and len(self._folded) <= MAX_CODED_SITES and len(live) <= 2:
@@ -400,15 +464,113 @@ class FlatSas:
             if j != live[0]:
                 self._retire(self._num[j])
                 self._num[j] = None
-        ints = self._finish_ints(coefs, total)
+        self._retire(self._global)
+        self._global = new
+        return self._end_round(top, coefs, weights, total)
+
+    def _end_round(self, top: float | None, coefs: np.ndarray, weights: np.ndarray,
+                   total: float) -> dict[str, np.ndarray]:
+        self._ints = self._finish_ints(coefs, total)
         self.summary = RoundSummary(
             weights={f.site: float(w / total) for f, w in zip(self._folded, weights, strict=True)},
             noise_std_max=top,
         )
-        self._retire(self._global)
-        self._global, self._ints = new, ints
         self._new_round()
         return self.global_state()
+
+    def _finish_one_pass(self, live: list[int], coefs: np.ndarray, weights: np.ndarray,
+                         total: float) -> None:
+        """Every reply is held: the new global in one pass per tensor (:mod:`fedreid.fl.simd`),
+        no numerators; each held site's float32 download is written in the same pass.
+        Bit-identical to folding the replies and the coded finish."""
+        g = np.dtype(np.float32)
+        staged = self._staged
+        w = [np.array([st.scores[j] for st in staged], dtype=g) for j in live]
+        w1 = w[1] if len(w) > 1 else np.zeros_like(w[0])
+        wk = weights.astype(g)
+        c0, c1 = coefs[live[0]], (coefs[live[1]] if len(live) > 1 else 0.0)
+        new = {g: self._spare(self._global[g])}
+        done = self._tails_one_pass(new, live, coefs, total)
+        for key, slot in self._slots.items():
+            out = self._flat(new, key)
+            if not self._masked(key):
+                if key not in done:
+                    self._mean_one_pass(out, [st.dense[key] for st in staged], live, coefs, total)
+                continue
+            bits, values, downloads = [], [], []
+            for k, st in enumerate(staged):
+                t = st.sparse.get(key)
+                if t is None:  # sent dense: every element kept
+                    bits.append(self._all_kept_bits(slot.size))
+                    values.append(self._as_f32(k, st.dense[key]))
+                    downloads.append(None)
+                else:
+                    bits.append(self.store.lane_bits(st.site, key))
+                    values.append(self._as_f32(k, t.values))
+                    downloads.append(self._ready_values(st.site, key, t.values.size, slot))
+            # Checked: split_encoded matched each bitmap's kept count to its values.
+            simd.fused_round(out, self._flat(self._global, key), bits, values, downloads,
+                             w[0], w1, wk, c0, c1, checked=True)
+        self._retire(self._global)
+        self._global = new
+
+    def _tails_one_pass(self, new: dict[np.dtype, np.ndarray], live: list[int], coefs: np.ndarray,
+                        total: float) -> set[str]:
+        """Each group's tail of small tensors in one block when every reply sent it dense."""
+        done: set[str] = set()
+        for group, (start, keys) in self._tail.items():
+            if any(self._masked(k) for k in keys):
+                continue
+            srcs = [np.concatenate([st.dense[k].reshape(-1) for k in keys], dtype=group) for st in self._staged]
+            self._mean_one_pass(new[group][start : start + srcs[0].size], srcs, live, coefs, total)
+            done.update(keys)
+        return done
+
+    def _mean_one_pass(self, out: np.ndarray, srcs: list[np.ndarray], live: list[int],
+                       coefs: np.ndarray, total: float) -> None:
+        """Dense tensors' weighted mean as folding computes it: ``num_j = sum_k s_jk x_k``
+        (each product rounded, added in site order), ``c_0 num_0 + c_1 num_1``, / total."""
+        group = out.dtype
+        tmp, other = self._scratch[group][: out.size], self._den[group][: out.size]
+        for idx, j in enumerate(live):
+            acc = out if idx == 0 else other
+            acc[:] = 0
+            for st, src in zip(self._staged, srcs, strict=True):
+                if st.scores[j] > 0:
+                    np.multiply(np.asarray(src, dtype=group).reshape(-1), group.type(st.scores[j]), out=tmp)
+                    acc += tmp
+        _combine(out, coefs[live[0]], [(other, coefs[live[1]])] if len(live) > 1 else [])
+        out /= group.type(total)
+
+    def _as_f32(self, k: int, values: np.ndarray) -> np.ndarray:
+        """Staged site k's values of one tensor as contiguous float32 (converted into that
+        site's scratch when they are half precision or bfloat16 bits)."""
+        flat = values.reshape(-1)
+        if flat.dtype == np.float32 and flat.flags.c_contiguous:
+            return flat
+        while len(self._site_scratch) <= k:
+            self._site_scratch.append(np.empty(self._scratch[np.dtype(np.float32)].size, np.float32))
+        out = self._site_scratch[k][: flat.size]
+        if flat.dtype.kind == "f":
+            out[:] = flat
+        else:
+            values_f32(flat, out=out)
+        return out
+
+    def _all_kept_bits(self, size: int) -> np.ndarray:
+        bits = self._all_kept.get(size)
+        if bits is None:
+            bits = self._all_kept[size] = simd.le_bits(np.packbits(np.ones(size, np.bool_)))
+        return bits
+
+    def _ready_values(self, site: str, key: str, kept: int, slot: _Slot) -> np.ndarray | None:
+        """Where the one-pass finish writes ``site``'s float32 download of ``key`` (a fresh
+        payload, :func:`~fedreid.fl.codec.npy_alloc`); None when downloads are not float32."""
+        if self.download_dtype != "float32" or slot.dtype != np.float32:
+            return None
+        payload, wire = npy_alloc((kept,), np.dtype(np.float32))
+        self._ready.setdefault(site, {})[key] = payload
+        return wire
 
     def _masked(self, key: str) -> bool:
         """SAS applies to ``key``: some folded site sent it masked."""
@@ -521,6 +683,9 @@ class FlatSas:
         payload (:func:`~fedreid.fl.codec.npy_alloc`): taken there when the model is float32
         and so are the values, else taken into scratch and converted there."""
         slot = self._slots[key]
+        ready = self._ready.get(site, {}).pop(key, None)
+        if ready is not None and value_dtype == "float32":
+            return npy_view(ready)
         pos = self.store.positions(site, key)
         payload, wire = npy_alloc((pos.size,), wire_dtype(value_dtype))
         src = self._flat(self._global, key)

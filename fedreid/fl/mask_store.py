@@ -5,7 +5,8 @@ read a reply that came without its bitmap), so it is kept packed: one bit per el
 ~3 MB per ResNet-50 site. Folding and downloads want the kept *positions*; computing them
 from the bitmap costs about 2.5x the fold itself, so they are cached per (site, tensor) as
 int32 offsets within the tensor (4 bytes per kept element, ~38 MB per ResNet-50 site at
-60 % sparsity), dropped when that mask changes. The cache is bounded (``cache_bytes``):
+60 % sparsity), dropped when that mask changes; so are the masks' bits in the lane order of
+:mod:`fedreid.fl.simd` (one bit per element). The cache is bounded (``cache_bytes``):
 sites that do not fit are recomputed on use, so memory stays bounded whatever the number
 of sites; entries are never evicted for others (with sites arriving in a cycle, an LRU
 would miss every time).
@@ -18,6 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from fedreid.fl.codec import PackedMask, pack_mask
+from fedreid.fl.simd import le_bits
 
 DEFAULT_CACHE_BYTES = 1 << 30
 
@@ -38,6 +40,7 @@ class MaskStore:
         self.cache_bytes = cache_bytes
         self._masks: dict[str, dict[str, PackedMask]] = {}
         self._positions: dict[tuple[str, str], np.ndarray] = {}
+        self._lanes: dict[tuple[str, str], np.ndarray] = {}
         self._cached = 0
 
     def sites(self) -> list[str]:
@@ -74,18 +77,29 @@ class MaskStore:
         hit = self._positions.get((site, name))
         if hit is not None:
             return hit
-        pos = kept_positions(self._masks[site][name])
-        size = pos.nbytes
-        if self._cached + size <= self.cache_bytes:
-            self._positions[(site, name)] = pos
-            self._cached += size
-        return pos
+        return self._cache(self._positions, site, name, kept_positions(self._masks[site][name]))
+
+    def lane_bits(self, site: str, name: str) -> np.ndarray:
+        """``site``'s mask for ``name`` as :func:`fedreid.fl.simd.le_bits` words (cached
+        while the budget allows)."""
+        hit = self._lanes.get((site, name))
+        if hit is not None:
+            return hit
+        return self._cache(self._lanes, site, name, le_bits(self._masks[site][name].bits))
+
+    def _cache(self, cache: dict[tuple[str, str], np.ndarray], site: str, name: str,
+               value: np.ndarray) -> np.ndarray:
+        if self._cached + value.nbytes <= self.cache_bytes:
+            cache[(site, name)] = value
+            self._cached += value.nbytes
+        return value
 
     @property
     def cached_bytes(self) -> int:
         return self._cached
 
     def _drop(self, site: str, name: str) -> None:
-        pos = self._positions.pop((site, name), None)
-        if pos is not None:
-            self._cached -= pos.nbytes
+        for cache in (self._positions, self._lanes):
+            value = cache.pop((site, name), None)
+            if value is not None:
+                self._cached -= value.nbytes

@@ -1,0 +1,193 @@
+"""SAS's whole round for one tensor in one pass, 16 elements at a time (AVX-512).
+
+When the coordinator holds every reply of a round (a small federation, or a batch of
+replies that arrived together), there is no need for model-sized numerators: for each run
+of 16 elements, every site's kept values are expanded from its packed values by its mask
+bits (``vexpandps``), weighted into two numerators and a denominator held in registers,
+combined and divided (the previous value where nobody kept the element), written to the
+new global, and compressed back into each site's download (``vcompressps``), which keeps
+exactly the site's kept positions. Memory traffic is one read of each reply and each mask,
+one write of the global and of each download; the scalar path (:mod:`fedreid.fl.scatter`)
+scatters into two model-sized numerators per site and gathers each download from the whole
+global.
+
+The float operations per element are the scalar path's, in the same order (site order,
+multiply then add, no fused multiply-add), so both give bit-identical results.
+
+Compiled by numba with the x86 AVX-512 intrinsics; ``AVAILABLE`` is False (and nothing is
+compiled) where numba or AVX-512F is missing: the caller then takes the scalar path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+LANES = 16
+_AHEAD = 256  # floats: each site's streams are prefetched this far ahead (8 sites overwhelm the hardware's)
+
+
+def _host_has_avx512() -> bool:
+    try:
+        import llvmlite.binding as llvm
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    try:
+        features = llvm.get_host_cpu_features()
+    except RuntimeError:  # not x86, or features not reported
+        return False
+    return bool(features.get("avx512f"))
+
+
+AVAILABLE = _host_has_avx512()
+
+if AVAILABLE:
+    from llvmlite import ir
+    from numba import njit, types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    _F32 = ir.FloatType()
+    _I16, _I32, _I64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
+    _V16 = ir.VectorType(_F32, LANES)
+    _M16 = ir.VectorType(ir.IntType(1), LANES)
+    _ZERO = ir.Constant(_V16, None)
+    _ALIGN = ir.Constant(_I32, 4)
+
+    def _fn(builder, name: str, ret, args):
+        return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
+
+    def _splat(builder, scalar):
+        one = builder.insert_element(ir.Constant(_V16, ir.Undefined), scalar, ir.Constant(_I32, 0))
+        return builder.shuffle_vector(one, ir.Constant(_V16, ir.Undefined),
+                                      ir.Constant(ir.VectorType(_I32, LANES), None))
+
+    def _low_lanes(builder, count):
+        """The mask of the ``count`` lowest lanes (count in 0..16, an i32)."""
+        ones = builder.shl(ir.Constant(_I32, 1), count)
+        return builder.bitcast(builder.trunc(builder.sub(ones, ir.Constant(_I32, 1)), _I16), _M16)
+
+    def _at(builder, base_ptr, index, elem):
+        """Pointer to element ``index`` of an address held as int64."""
+        ptr = builder.inttoptr(base_ptr, elem.as_pointer())
+        return builder.gep(ptr, [index], inbounds=True)
+
+    @intrinsic
+    def _chunk(typingctx, out, prev, start, lanes, sites, bits, vals, downs, cursor,
+               w0, w1, wk, c0, c1):  # pragma: no cover - compiled
+        """One run of ``lanes`` (<= 16) elements from ``start``: every site folded, the
+        finish, each download compressed; each site's cursor advanced past its kept values.
+        ``bits``/``vals``/``downs``: int64 addresses per site (of its little-endian mask
+        bits as uint16, its float32 values, its float32 download or 0 for none)."""
+        sig = types.void(out, prev, start, lanes, sites, bits, vals, downs, cursor, w0, w1, wk, c0, c1)
+
+        def codegen(context, builder, signature, args):
+            (out_a, prev_a, start, lanes, sites, bits_a, vals_a, downs_a, cur_a,
+             w0_a, w1_a, wk_a, c0, c1) = args
+
+            def data(i, value):
+                return context.make_array(signature.args[i])(context, builder, value).data
+
+            out_p, prev_p = data(0, out_a), data(1, prev_a)
+            bits_p, vals_p, downs_p, cur_p = (data(i, v) for i, v in ((5, bits_a), (6, vals_a),
+                                                                      (7, downs_a), (8, cur_a)))
+            w0_p, w1_p, wk_p = data(9, w0_a), data(10, w1_a), data(11, wk_a)
+            word = builder.ashr(start, ir.Constant(_I64, 4))
+            ctpop = _fn(builder, "llvm.ctpop.i16", _I16, [_I16])
+            load = _fn(builder, "llvm.masked.load.v16f32.p0", _V16, [_F32.as_pointer(), _I32, _M16, _V16])
+            store = _fn(builder, "llvm.masked.store.v16f32.p0", ir.VoidType(),
+                        [_V16, _F32.as_pointer(), _I32, _M16])
+            expand = _fn(builder, "llvm.x86.avx512.mask.expand.v16f32", _V16, [_V16, _V16, _M16])
+            compress = _fn(builder, "llvm.x86.avx512.mask.compress.v16f32", _V16, [_V16, _V16, _M16])
+            acc = [cgutils.alloca_once_value(builder, _ZERO) for _ in range(3)]
+            i8p = ir.IntType(8).as_pointer()
+            prefetch = _fn(builder, "llvm.prefetch.p0", ir.VoidType(), [i8p, _I32, _I32, _I32])
+
+            def ahead(ptr, write):
+                far = builder.bitcast(builder.gep(ptr, [ir.Constant(_I64, _AHEAD)]), i8p)
+                builder.call(prefetch, [far, ir.Constant(_I32, write), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+
+            def site_mask(k):
+                m16 = builder.load(_at(builder, builder.load(builder.gep(bits_p, [k])), word, _I16))
+                return m16, builder.bitcast(m16, _M16), builder.zext(builder.call(ctpop, [m16]), _I32)
+
+            with cgutils.for_range(builder, sites) as loop:
+                k = loop.index
+                m16, mask, pop = site_mask(k)
+                cur = builder.load(builder.gep(cur_p, [k]))
+                src = _at(builder, builder.load(builder.gep(vals_p, [k])), cur, _F32)
+                ahead(src, 0)
+                packed = builder.call(load, [src, _ALIGN, _low_lanes(builder, pop), _ZERO])
+                x = builder.call(expand, [packed, _ZERO, mask])
+                for j, w_p in enumerate((w0_p, w1_p)):
+                    w = _splat(builder, builder.load(builder.gep(w_p, [k])))
+                    builder.store(builder.fadd(builder.load(acc[j]), builder.fmul(x, w)), acc[j])
+                wsel = builder.select(mask, _splat(builder, builder.load(builder.gep(wk_p, [k]))), _ZERO)
+                builder.store(builder.fadd(builder.load(acc[2]), wsel), acc[2])
+
+            live = _low_lanes(builder, builder.trunc(lanes, _I32))
+            a0, a1, den = (builder.load(a) for a in acc)
+            num = builder.fadd(builder.fmul(a0, _splat(builder, c0)), builder.fmul(a1, _splat(builder, c1)))
+            old = builder.call(load, [builder.gep(prev_p, [start], inbounds=True), _ALIGN, live, _ZERO])
+            kept = builder.fcmp_ordered("!=", den, _ZERO)
+            new = builder.select(kept, builder.fdiv(num, den), old)
+            builder.call(store, [new, builder.gep(out_p, [start], inbounds=True), _ALIGN, live])
+
+            with cgutils.for_range(builder, sites) as loop:
+                k = loop.index
+                m16, mask, pop = site_mask(k)
+                cur_ptr = builder.gep(cur_p, [k])
+                cur = builder.load(cur_ptr)
+                down = builder.load(builder.gep(downs_p, [k]))
+                with builder.if_then(builder.icmp_signed("!=", down, ir.Constant(_I64, 0))):
+                    packed = builder.call(compress, [new, _ZERO, mask])
+                    dst = _at(builder, down, cur, _F32)
+                    ahead(dst, 1)
+                    builder.call(store, [packed, dst, _ALIGN, _low_lanes(builder, pop)])
+                builder.store(builder.add(cur, builder.zext(pop, _I64)), cur_ptr)
+
+        return sig, codegen
+
+    @njit(nogil=True, cache=True, boundscheck=False)
+    def _fused(out, prev, bits, vals, downs, w0, w1, wk, c0, c1):  # pragma: no cover - compiled
+        cursor = np.zeros(bits.size, np.int64)
+        sites = bits.size
+        for start in range(0, out.size, LANES):
+            _chunk(out, prev, start, min(LANES, out.size - start), sites, bits, vals, downs, cursor,
+                   w0, w1, wk, c0, c1)
+
+
+_BIT_REVERSED = np.array([int(f"{b:08b}"[::-1], 2) for b in range(256)], dtype=np.uint8)
+
+
+def le_bits(mask_bits: np.ndarray) -> np.ndarray:
+    """A mask's packed bits (``np.packbits`` order: first element in a byte's high bit) as
+    uint16 words whose bit i is element i of the word's 16 (the kernel's lane order; x86 is
+    little-endian), zero-padded to whole words."""
+    words = np.zeros(-(-mask_bits.size // 2) * 2, dtype=np.uint8)
+    np.take(_BIT_REVERSED, mask_bits, out=words[: mask_bits.size])
+    return words.view(np.uint16)
+
+
+def fused_round(out: np.ndarray, previous: np.ndarray, bits: list[np.ndarray], values: list[np.ndarray],
+                downloads: list[np.ndarray | None], w0: np.ndarray, w1: np.ndarray, wk: np.ndarray,
+                c0: float, c1: float, *, checked: bool = False) -> None:
+    """``out = (c0 sum_k w0_k m_k x_k + c1 sum_k w1_k m_k x_k) / sum_k wk_k m_k`` (``previous``
+    where the denominator is 0), summed in site order; then ``downloads[k] = out[m_k]``
+    where given. ``bits[k]``: :func:`le_bits` of site k's mask; ``values[k]``: its kept
+    values; weights float32 arrays, one entry per site; every array float32 and contiguous.
+    ``checked=True``: the caller vouches that each mask covers ``out`` and keeps as many
+    elements as its values and download have (else they are counted: a mismatch would read
+    or write out of bounds)."""
+    if not AVAILABLE:
+        raise RuntimeError("fused_round needs numba and an AVX-512 CPU (simd.AVAILABLE is False)")
+    if not checked:
+        for k, (b, v, d) in enumerate(zip(bits, values, downloads, strict=True)):
+            kept = int(np.bitwise_count(b).sum())
+            if b.size * LANES < out.size or v.size != kept or (d is not None and d.size != kept):
+                raise ValueError(f"site {k}: {b.size} mask words, {v.size} values, "
+                                 f"{None if d is None else d.size} download values for a tensor "
+                                 f"of {out.size} elements whose mask keeps {kept}")
+    addresses = np.array([[b.ctypes.data for b in bits], [v.ctypes.data for v in values],
+                          [0 if d is None else d.ctypes.data for d in downloads]], dtype=np.int64)
+    _fused(out, previous, addresses[0], addresses[1], addresses[2], w0, w1, wk, np.float32(c0), np.float32(c1))
