@@ -13,6 +13,12 @@ Same result as :class:`fedreid.fl.sas.SasAccumulator` (within float32 rounding),
 - weights that depend on every reply (KLPWA) are handled exactly without holding replies:
   one numerator per basis of the :class:`fedreid.fl.weight_rules.WeightRule`, combined with
   its coefficients at the end (see that module);
+- replies that arrive while no more than ``MAX_STAGED`` (8) are in are held unfolded; when
+  the round ends with only those, ``result`` builds the new global in one pass per tensor
+  with the AVX-512 kernel of :mod:`fedreid.fl.simd` (no numerators; each held site's
+  float32 download, when ``download_dtype`` is float32, compressed out in the same pass).
+  A ninth reply, one of differences, a CPU without AVX-512, DP noise or a model with
+  tensors wider than float32 fold as below; the results are bit-identical either way;
 - the denominator ``sum_k a_k m_k`` is looked up at the end: each element's membership code
   (bit k set when the k-th folded site kept it; one byte per element up to 8 sites, two up
   to 16, cached while the same sites fold with the same masks) indexes a table of the
@@ -124,6 +130,8 @@ class FlatSas:
     ``rule`` turns each site's ``signal`` (its metrics, or a number for
     :class:`~fedreid.fl.weight_rules.FixedWeights`, the default) into weights. ``store``
     holds the sites' masks across rounds (a new one with the default cache if omitted).
+    ``download_dtype``: the value dtype downloads will be asked in; "float32" lets the
+    one-pass finish write them. ``one_pass=False`` always folds into numerators.
     """
 
     def __init__(
@@ -310,8 +318,9 @@ class FlatSas:
 
     def fold(self, site: str, reply: CheckedReply | Mapping[str, np.ndarray],
              signal: Signal = 1.0) -> None:
-        """Fold one site's reply into this round (once per site per round); the reply can be
-        dropped afterwards. ``reply``: a :class:`CheckedReply` or wire arrays; ``signal``:
+        """Fold one site's reply into this round (once per site per round); the caller can
+        drop the reply afterwards (up to MAX_STAGED replies stay referenced here, held for
+        the one-pass finish). ``reply``: a :class:`CheckedReply` or wire arrays; ``signal``:
         what ``rule`` weighs (the site's metrics, or its weight for FixedWeights). Raises
         ValueError, leaving the round untouched, on a malformed reply."""
         if any(f.site == site for f in self._folded):

@@ -10,11 +10,13 @@ every conv kernel pruned at random; KLPWA (convex, the default) weights from ran
      (``server.strategy.FedReIDStrategy``) on Flower ``Message`` replies:
      ``aggregate_round``, what the round loop calls (per reply ``npy_view`` of the payloads,
      zero copy; ``check_reply``: metrics, structure, finiteness, bitmap or digest vs the held
-     mask, declared sparsity; ``FlatSas.fold``; then ``result()``; no record of the whole
-     global: the downloads are taken from the aggregator), then
-     ``configure_train`` for the next round (every site's download record: values taken
-     from the flat global, digests, dense tensors; the dense ``Array``s shared by the
-     records). ``held`` = replies refer to masks the server holds by digest (every round
+     mask, declared sparsity; ``FlatSas.fold``, which holds up to 8 replies; then
+     ``result()``: with every reply held, the one-pass AVX-512 finish of
+     :mod:`fedreid.fl.simd`, which also writes each float32 download; otherwise folds into
+     numerators and the coded finish; no record of the whole global: the downloads come
+     from the aggregator), then ``configure_train`` for the next round (every site's
+     download record: values written by the finish, or taken from the flat global;
+     digests, dense tensors; the dense ``Array``s shared by the records). ``held`` = replies refer to masks the server holds by digest (every round
      once the target sparsity is reached); ``sent`` = every mask changed (bitmaps sent, kept
      positions recomputed); ``held+DP`` adds the noise and the ``dp_accounting`` ledger;
      ``int8`` = ``codec.upload`` and ``codec.download=difference-int8``: held replies of int8
