@@ -73,6 +73,31 @@ def test_fused_round_equals_fold_finish_and_take(size, n_sites, numerators):
 
 
 @needs_simd
+@pytest.mark.parametrize("wire", ["float16", "bfloat16"])
+def test_fused_round_widens_half_precision_values_exactly(wire):
+    """float16 values and bfloat16 bits (uint16) give what their float32 widening gives."""
+    rng = np.random.default_rng(3)
+    masks = [rng.random(333) < 0.5 for _ in range(3)]
+    values = [rng.standard_normal(int(m.sum())).astype(F32) for m in masks]
+    if wire == "float16":
+        sent = [v.astype(np.float16) for v in values]
+        wide = [s.astype(F32) for s in sent]
+    else:
+        sent = [(v.view(np.uint32) >> 16).astype(np.uint16) for v in values]
+        wide = [(s.astype(np.uint32) << 16).view(F32) for s in sent]
+    bits = [simd.le_bits(np.packbits(m)) for m in masks]
+    w = rng.random(3).astype(F32)
+    outs = []
+    for vals in (sent, wide):
+        out = np.zeros(333, F32)
+        simd.fused_round(out, np.ones(333, F32), bits, vals, [None] * 3, w, w, w, 0.5, 0.5)
+        outs.append(out)
+    assert same_bits(outs[0], outs[1])
+    with pytest.raises(ValueError, match="the kernel reads"):
+        simd.fused_round(out, out, bits, [v.astype(np.float64) for v in values], [None] * 3, w, w, w, 1, 0)
+
+
+@needs_simd
 def test_fused_round_refuses_counts_that_do_not_match_the_mask():
     mask = np.arange(40) % 3 == 0
     bits = [simd.le_bits(np.packbits(mask))]

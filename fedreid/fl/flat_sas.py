@@ -511,11 +511,11 @@ class FlatSas:
                 t = st.sparse.get(key)
                 if t is None:  # sent dense: every element kept
                     bits.append(self._all_kept_bits(slot.size))
-                    values.append(self._as_f32(k, st.dense[key]))
+                    values.append(self._kernel_values(k, st.dense[key]))
                     downloads.append(None)
                 else:
                     bits.append(self.store.lane_bits(st.site, key))
-                    values.append(self._as_f32(k, t.values))
+                    values.append(self._kernel_values(k, t.values))
                     downloads.append(self._ready_values(st.site, key, t.values.size, slot))
             # Checked: split_encoded matched each bitmap's kept count to its values.
             simd.fused_round(out, self._flat(self._global, key), bits, values, downloads,
@@ -551,19 +551,17 @@ class FlatSas:
         _combine(out, coefs[live[0]], [(other, coefs[live[1]])] if len(live) > 1 else [])
         out /= group.type(total)
 
-    def _as_f32(self, k: int, values: np.ndarray) -> np.ndarray:
-        """Staged site k's values of one tensor as contiguous float32 (converted into that
-        site's scratch when they are half precision or bfloat16 bits)."""
+    def _kernel_values(self, k: int, values: np.ndarray) -> np.ndarray:
+        """Staged site k's values of one tensor as the kernel reads them: float32, float16
+        or bfloat16 bits as they are (it widens them), other floats converted to float32
+        into that site's scratch."""
         flat = values.reshape(-1)
-        if flat.dtype == np.float32 and flat.flags.c_contiguous:
+        if flat.dtype.name in simd.KINDS and flat.flags.c_contiguous:
             return flat
         while len(self._site_scratch) <= k:
             self._site_scratch.append(np.empty(self._scratch[np.dtype(np.float32)].size, np.float32))
         out = self._site_scratch[k][: flat.size]
-        if flat.dtype.kind == "f":
-            out[:] = flat
-        else:
-            values_f32(flat, out=out)
+        out[:] = flat
         return out
 
     def _all_kept_bits(self, size: int) -> np.ndarray:
