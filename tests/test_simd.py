@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fedreid.fl import scatter, simd
-from fedreid.fl.codec import encode_sparse, mask_digests
+from fedreid.fl.codec import encode_sparse, mask_digests, to_wire_values
 from fedreid.fl.flat_sas import MAX_STAGED, FlatSas
 from fedreid.fl.weight_rules import FixedWeights, KlpwaWeights, ScoreWeights
 
@@ -98,6 +98,48 @@ def test_fused_round_widens_half_precision_values_exactly(wire):
 
 
 @needs_simd
+@pytest.mark.parametrize("download_dtype", ["float16", "bfloat16"])
+def test_half_precision_downloads_round_as_the_codec_does_and_flag_overflow(download_dtype):
+    """Downloads rounded to nearest even exactly as ``to_wire_values``; a value beyond the
+    dtype's range flags that site's download."""
+    rng = np.random.default_rng(4)
+    size = 517
+    masks = [rng.random(size) < 0.5, rng.random(size) < 0.5]
+    values = [rng.standard_normal(int(m.sum())).astype(F32) * F32(300) for m in masks]
+    previous = rng.standard_normal(size).astype(F32)
+    wire = np.dtype(np.float16) if download_dtype == "float16" else np.dtype(np.uint16)
+    bits = [simd.le_bits(np.packbits(m)) for m in masks]
+    w = np.ones(2, F32)
+    out = np.zeros(size, F32)
+    downloads = [np.zeros(int(m.sum()), wire) for m in masks]
+    over = simd.fused_round(out, previous, bits, values, downloads, w, w, w, 0.5, 0.5, download_dtype=download_dtype)
+    assert not over.any()
+    for m, d in zip(masks, downloads, strict=True):
+        assert same_bits(d, to_wire_values(out[m], download_dtype))
+    masks[1] = ~masks[0]  # disjoint: site 1's download holds only its own values
+    bits = [simd.le_bits(np.packbits(m)) for m in masks]
+    huge = F32(70000.0) if download_dtype == "float16" else F32(3.4e38)  # rounds beyond the range
+    values = [np.full(int(masks[0].sum()), huge), rng.standard_normal(int(masks[1].sum())).astype(F32)]
+    downloads = [np.zeros(v.size, wire) for v in values]
+    over = simd.fused_round(out, previous, bits, values, downloads, w, w, w, 0.5, 0.5, download_dtype=download_dtype)
+    assert over.tolist() == [True, False]
+
+
+@needs_simd
+def test_a_download_out_of_half_range_is_refused_on_request_as_before():
+    rng = np.random.default_rng(14)
+    g = float32_model(rng)
+    sites = site_list(rng, 2)
+    sites[0][0]["conv"] = sites[0][0]["conv"] * F32(1e6)  # kept values beyond float16's range
+    flat = FlatSas(g, FixedWeights(), download_dtype="float16")
+    for i, (state, masks, _) in enumerate(sites):
+        flat.fold(f"s{i}", encode_sparse(state, masks), 1.0)
+    flat.result()
+    with pytest.raises(ValueError, match="exceed the float16 range"):
+        flat.download_for("s0", "float16")
+
+
+@needs_simd
 def test_fused_round_refuses_counts_that_do_not_match_the_mask():
     mask = np.arange(40) % 3 == 0
     bits = [simd.le_bits(np.packbits(mask))]
@@ -179,7 +221,7 @@ def test_held_replies_give_the_folded_result_and_downloads_bit_for_bit(rule_name
     rng = np.random.default_rng(zlib.crc32(f"{rule_name}/{value_dtype}".encode()))
     g = float32_model(rng)
     sites = site_list(rng, 4)
-    download = value_dtype if value_dtype != "bfloat16" else "float32"
+    download = value_dtype
     want = run_rounds(g, sites, RULES[rule_name], False, value_dtype, download)
     assert_same_history(run_rounds(g, sites, RULES[rule_name], True, value_dtype, download), want)
 

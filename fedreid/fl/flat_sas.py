@@ -16,7 +16,7 @@ Same result as :class:`fedreid.fl.sas.SasAccumulator` (within float32 rounding),
 - replies that arrive while no more than ``MAX_STAGED`` (8) are in are held unfolded; when
   the round ends with only those, ``result`` builds the new global in one pass per tensor
   with the AVX-512 kernel of :mod:`fedreid.fl.simd` (no numerators; each held site's
-  float32 download, when ``download_dtype`` is float32, compressed out in the same pass).
+  download in ``download_dtype``, when given, compressed out in the same pass).
   A ninth reply, one of differences, a CPU without AVX-512, DP noise or a model with
   tensors wider than float32 fold as below; the results are bit-identical either way;
 - the denominator ``sum_k a_k m_k`` is looked up at the end: each element's membership code
@@ -130,8 +130,8 @@ class FlatSas:
     ``rule`` turns each site's ``signal`` (its metrics, or a number for
     :class:`~fedreid.fl.weight_rules.FixedWeights`, the default) into weights. ``store``
     holds the sites' masks across rounds (a new one with the default cache if omitted).
-    ``download_dtype``: the value dtype downloads will be asked in; "float32" lets the
-    one-pass finish write them. ``one_pass=False`` always folds into numerators.
+    ``download_dtype``: the value dtype downloads will be asked in, which lets the one-pass
+    finish write them. ``one_pass=False`` always folds into numerators.
     """
 
     def __init__(
@@ -490,7 +490,7 @@ class FlatSas:
     def _finish_one_pass(self, live: list[int], coefs: np.ndarray, weights: np.ndarray,
                          total: float) -> None:
         """Every reply is held: the new global in one pass per tensor (:mod:`fedreid.fl.simd`),
-        no numerators; each held site's float32 download is written in the same pass.
+        no numerators; each held site's download is written in the same pass.
         Bit-identical to folding the replies and the coded finish."""
         g = np.dtype(np.float32)
         staged = self._staged
@@ -518,8 +518,11 @@ class FlatSas:
                     values.append(self._kernel_values(k, t.values))
                     downloads.append(self._ready_values(st.site, key, t.values.size, slot))
             # Checked: split_encoded matched each bitmap's kept count to its values.
-            simd.fused_round(out, self._flat(self._global, key), bits, values, downloads,
-                             w[0], w1, wk, c0, c1, checked=True)
+            over = simd.fused_round(out, self._flat(self._global, key), bits, values, downloads, w[0], w1, wk,
+                                    c0, c1, download_dtype=self.download_dtype or "float32", checked=True)
+            for st, beyond in zip(staged, over, strict=True):
+                if beyond:  # out of the wire dtype's range: download_for converts it, and refuses
+                    self._ready[st.site].pop(key, None)
         self._retire(self._global)
         self._global = new
 
@@ -571,11 +574,12 @@ class FlatSas:
         return bits
 
     def _ready_values(self, site: str, key: str, kept: int, slot: _Slot) -> np.ndarray | None:
-        """Where the one-pass finish writes ``site``'s float32 download of ``key`` (a fresh
-        payload, :func:`~fedreid.fl.codec.npy_alloc`); None when downloads are not float32."""
-        if self.download_dtype != "float32" or slot.dtype != np.float32:
+        """Where the one-pass finish writes ``site``'s download of ``key`` in
+        ``download_dtype`` (a fresh payload, :func:`~fedreid.fl.codec.npy_alloc`); None
+        when no download dtype was given or the tensor is not float32."""
+        if self.download_dtype is None or slot.dtype != np.float32:
             return None
-        payload, wire = npy_alloc((kept,), np.dtype(np.float32))
+        payload, wire = npy_alloc((kept,), wire_dtype(self.download_dtype))
         self._ready.setdefault(site, {})[key] = payload
         return wire
 
@@ -691,7 +695,7 @@ class FlatSas:
         and so are the values, else taken into scratch and converted there."""
         slot = self._slots[key]
         ready = self._ready.get(site, {}).pop(key, None)
-        if ready is not None and value_dtype == "float32":
+        if ready is not None and value_dtype == self.download_dtype:
             return npy_view(ready)
         pos = self.store.positions(site, key)
         payload, wire = npy_alloc((pos.size,), wire_dtype(value_dtype))

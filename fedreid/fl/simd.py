@@ -25,6 +25,8 @@ import numpy as np
 LANES = 16
 # What a site's values are, by their array dtype: uint16 holds bfloat16 bits, as on the wire.
 KINDS = {"float32": 0, "float16": 1, "uint16": 2}
+_DOWNLOAD_DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16),
+                    "bfloat16": np.dtype(np.uint16)}
 _AHEAD = 256  # floats: each site's streams are prefetched this far ahead (8 sites, ten 2.4 M-element
 # tensors: 158 -> 113 ms in one run each way; the hardware prefetchers track fewer streams)
 
@@ -101,27 +103,72 @@ if AVAILABLE:
                 builder.store(builder.select(is_fp16, fp16, bf16), slot)
         return builder.load(slot)
 
+    _FP16_MAX = 65504.0
+
+    def _store_download(builder, packed, address, cur, lanes, kind, over_ptr, ahead):
+        """The ``lanes`` lowest values of ``packed`` to a download from element ``cur``: as
+        float32, or rounded to nearest even into float16 or bfloat16 bits (as torch
+        converts); ``*over_ptr`` set when a value is beyond float16's largest or a bfloat16
+        result is not finite (the caller then converts that download the checked way)."""
+        v16i16, v16i32 = ir.VectorType(_I16, LANES), ir.VectorType(_I32, LANES)
+
+        def flag(bad_lanes):
+            hit = builder.and_(builder.bitcast(bad_lanes, _I16), builder.bitcast(lanes, _I16))
+            with builder.if_then(builder.icmp_unsigned("!=", hit, ir.Constant(_I16, 0)), likely=False):
+                builder.store(ir.Constant(_I64, 1), over_ptr)
+
+        with builder.if_else(builder.icmp_signed("==", kind, ir.Constant(kind.type, KINDS["float32"]))) as (f32, half):
+            with f32:
+                dst = _at(builder, address, cur, _F32)
+                ahead(dst, 1)
+                store = _fn(builder, "llvm.masked.store.v16f32.p0", ir.VoidType(), [_V16, dst.type, _I32, _M16])
+                builder.call(store, [packed, dst, _ALIGN, lanes])
+            with half:
+                dst = _at(builder, address, cur, _I16)
+                ahead(dst, 1)
+                fabs = _fn(builder, "llvm.fabs.v16f32", _V16, [_V16])
+                fp16 = builder.bitcast(builder.fptrunc(packed, ir.VectorType(ir.HalfType(), LANES)), v16i16)
+                bits = builder.bitcast(packed, v16i32)
+
+                def splat32(value):
+                    return ir.Constant(v16i32, [value] * LANES)
+
+                lsb = builder.and_(builder.lshr(bits, splat32(16)), splat32(1))
+                bf16 = builder.trunc(builder.lshr(builder.add(bits, builder.add(lsb, splat32(0x7FFF))), splat32(16)),
+                                     v16i16)
+                is_fp16 = builder.icmp_signed("==", kind, ir.Constant(kind.type, KINDS["float16"]))
+                fp16_over = builder.fcmp_ordered(">", builder.call(fabs, [packed]),
+                                                 ir.Constant(_V16, [_FP16_MAX] * LANES))
+                exponent = ir.Constant(v16i16, [0x7F80] * LANES)
+                bf16_over = builder.icmp_unsigned("==", builder.and_(bf16, exponent), exponent)
+                flag(builder.select(is_fp16, fp16_over, bf16_over))
+                store = _fn(builder, "llvm.masked.store.v16i16.p0", ir.VoidType(), [v16i16, dst.type, _I32, _M16])
+                builder.call(store, [builder.select(is_fp16, fp16, bf16), dst, ir.Constant(_I32, 2), lanes])
+
     @intrinsic
-    def _chunk(typingctx, out, prev, start, lanes, sites, bits, vals, kinds, downs, cursor,
-               w0, w1, wk, c0, c1):  # pragma: no cover - compiled
+    def _chunk(typingctx, out, prev, start, lanes, sites, bits, vals, kinds, downs, down_kind, cursor,
+               w0, w1, wk, c0, c1, over):  # pragma: no cover - compiled
         """One run of ``lanes`` (<= 16) elements from ``start``: every site folded, the
         finish, each download compressed; each site's cursor advanced past its kept values.
         ``bits``/``vals``/``downs``: int64 addresses per site (of its little-endian mask
         bits as uint16, its values, its float32 download or 0 for none); ``kinds``: per site,
-        what its values are (a key of :data:`KINDS`), widened to float32 exactly."""
-        sig = types.void(out, prev, start, lanes, sites, bits, vals, kinds, downs, cursor, w0, w1, wk, c0, c1)
+        what its values are (a key of :data:`KINDS`), widened to float32 exactly; downloads
+        are written as ``down_kind`` (rounded to nearest even), and ``over[k]`` set where a
+        value of site k's download is out of that dtype's range."""
+        sig = types.void(out, prev, start, lanes, sites, bits, vals, kinds, downs, down_kind, cursor,
+                         w0, w1, wk, c0, c1, over)
 
         def codegen(context, builder, signature, args):
-            (out_a, prev_a, start, lanes, sites, bits_a, vals_a, kinds_a, downs_a, cur_a,
-             w0_a, w1_a, wk_a, c0, c1) = args
+            (out_a, prev_a, start, lanes, sites, bits_a, vals_a, kinds_a, downs_a, down_kind, cur_a,
+             w0_a, w1_a, wk_a, c0, c1, over_a) = args
 
             def data(i, value):
                 return context.make_array(signature.args[i])(context, builder, value).data
 
             out_p, prev_p = data(0, out_a), data(1, prev_a)
             bits_p, vals_p, kinds_p, downs_p, cur_p = (
-                data(i, v) for i, v in ((5, bits_a), (6, vals_a), (7, kinds_a), (8, downs_a), (9, cur_a)))
-            w0_p, w1_p, wk_p = data(10, w0_a), data(11, w1_a), data(12, wk_a)
+                data(i, v) for i, v in ((5, bits_a), (6, vals_a), (7, kinds_a), (8, downs_a), (10, cur_a)))
+            w0_p, w1_p, wk_p, over_p = data(11, w0_a), data(12, w1_a), data(13, wk_a), data(16, over_a)
             word = builder.ashr(start, ir.Constant(_I64, 4))
             ctpop = _fn(builder, "llvm.ctpop.i16", _I16, [_I16])
             load = _fn(builder, "llvm.masked.load.v16f32.p0", _V16, [_F32.as_pointer(), _I32, _M16, _V16])
@@ -170,20 +217,20 @@ if AVAILABLE:
                 down = builder.load(builder.gep(downs_p, [k]))
                 with builder.if_then(builder.icmp_signed("!=", down, ir.Constant(_I64, 0))):
                     packed = builder.call(compress, [new, _ZERO, mask])
-                    dst = _at(builder, down, cur, _F32)
-                    ahead(dst, 1)
-                    builder.call(store, [packed, dst, _ALIGN, _low_lanes(builder, pop)])
+                    _store_download(builder, packed, down, cur, _low_lanes(builder, pop), down_kind,
+                                    builder.gep(over_p, [k]), ahead)
                 builder.store(builder.add(cur, builder.zext(pop, _I64)), cur_ptr)
 
         return sig, codegen
 
     @njit(nogil=True, cache=True, boundscheck=False)
-    def _fused(out, prev, bits, vals, kinds, downs, w0, w1, wk, c0, c1):  # pragma: no cover - compiled
-        cursor = np.zeros(bits.size, np.int64)
+    def _fused(out, prev, bits, vals, kinds, downs, down_kind, w0, w1, wk, c0, c1):  # pragma: no cover - compiled
+        cursor, over = np.zeros(bits.size, np.int64), np.zeros(bits.size, np.int64)
         sites = bits.size
         for start in range(0, out.size, LANES):
-            _chunk(out, prev, start, min(LANES, out.size - start), sites, bits, vals, kinds, downs, cursor,
-                   w0, w1, wk, c0, c1)
+            _chunk(out, prev, start, min(LANES, out.size - start), sites, bits, vals, kinds, downs, down_kind,
+                   cursor, w0, w1, wk, c0, c1, over)
+        return over
 
 
 _BIT_REVERSED = np.array([int(f"{b:08b}"[::-1], 2) for b in range(256)], dtype=np.uint8)
@@ -200,10 +247,14 @@ def le_bits(mask_bits: np.ndarray) -> np.ndarray:
 
 def fused_round(out: np.ndarray, previous: np.ndarray, bits: list[np.ndarray], values: list[np.ndarray],
                 downloads: list[np.ndarray | None], w0: np.ndarray, w1: np.ndarray, wk: np.ndarray,
-                c0: float, c1: float, *, checked: bool = False) -> None:
+                c0: float, c1: float, *, download_dtype: str = "float32", checked: bool = False) -> np.ndarray:
     """``out = (c0 sum_k w0_k m_k x_k + c1 sum_k w1_k m_k x_k) / sum_k wk_k m_k`` (``previous``
     where the denominator is 0), summed in site order; then ``downloads[k] = out[m_k]``
-    where given. ``bits[k]``: :func:`le_bits` of site k's mask; ``values[k]``: its kept
+    where given, in ``download_dtype`` (float32, float16 or bfloat16 as uint16 bits, rounded
+    to nearest even). Returns, per site, whether its download had a value beyond that
+    dtype's range (float16: above its largest; bfloat16: not finite once rounded): that
+    download is then incomplete and must be converted the checked way.
+    ``bits[k]``: :func:`le_bits` of site k's mask; ``values[k]``: its kept
     values, float32, float16 or bfloat16 bits as uint16 (widened exactly in the kernel);
     weights float32 arrays, one entry per site; every array contiguous, the rest float32.
     ``checked=True``: the caller vouches that each mask covers ``out`` and keeps as many
@@ -223,7 +274,14 @@ def fused_round(out: np.ndarray, previous: np.ndarray, bits: list[np.ndarray], v
     except KeyError:
         raise ValueError(f"values: dtypes {sorted({v.dtype.name for v in values})}; the kernel reads "
                          f"{sorted(KINDS)} (uint16 = bfloat16 bits)") from None
+    wire = _DOWNLOAD_DTYPES.get(download_dtype)
+    if wire is None:
+        raise ValueError(f"download_dtype: {download_dtype!r} is not one of {sorted(_DOWNLOAD_DTYPES)}")
+    wrong = sorted({d.dtype.name for d in downloads if d is not None and d.dtype != wire})
+    if wrong:
+        raise ValueError(f"downloads: dtypes {wrong}; {download_dtype} downloads are {wire.name} arrays")
     addresses = np.array([[b.ctypes.data for b in bits], [v.ctypes.data for v in values],
                           [0 if d is None else d.ctypes.data for d in downloads]], dtype=np.int64)
-    _fused(out, previous, addresses[0], addresses[1], kinds, addresses[2], w0, w1, wk,
-           np.float32(c0), np.float32(c1))
+    over = _fused(out, previous, addresses[0], addresses[1], kinds, addresses[2], KINDS[wire.name], w0, w1, wk,
+                  np.float32(c0), np.float32(c1))
+    return over.astype(bool)
