@@ -26,3 +26,16 @@ def test_numpy_array_marks_changes_like_flower():
     a.data = to_array(np.zeros(1, np.float32)).data
     assert a.object_id != first
     ArrayRecord()["k"] = a  # the record's value check accepts it
+
+
+def test_record_of_equals_a_record_filled_item_by_item():
+    """Same entries in the same order, dirty, same content id; wrong types refused."""
+    arrays = {f"t{k}": to_array(np.full(k + 1, k, np.float32)) for k in range(5)}
+    ours, flowers = record_of(arrays), ArrayRecord()
+    for k, v in arrays.items():
+        flowers[k] = v
+    assert list(ours.items()) == list(flowers.items())
+    assert ours.is_dirty and flowers.is_dirty
+    assert ours.object_id == flowers.object_id
+    with pytest.raises(TypeError, match="not str -> flwr Array"):
+        record_of({"x": np.zeros(2)})

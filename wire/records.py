@@ -38,10 +38,15 @@ def numpy_array(dtype: str, shape: tuple[int, ...], data: bytes) -> Array:
 
 def record_of(arrays: Mapping[str, Array]) -> ArrayRecord:
     """An ArrayRecord holding these Arrays themselves: ``ArrayRecord(dict)`` builds a second
-    Array per entry, which costs ~0.1 s per round of ResNet-50 downloads at 8 sites."""
+    Array per entry, which costs ~0.1 s per round of ResNet-50 downloads at 8 sites. The
+    keys and values are checked as Flower's ``__setitem__`` checks them, once for the whole
+    record, and stored in one update (~3 µs less per entry; tests/test_records.py)."""
+    bad = [k for k, v in arrays.items() if not isinstance(k, str) or not isinstance(v, Array)]
+    if bad:
+        raise TypeError(f"record_of: entries {bad[:5]} are not str -> flwr Array")
     record = ArrayRecord()
-    for key, array in arrays.items():
-        record[key] = array
+    record.__dict__["_data"].update(arrays)
+    record.is_dirty = True
     return record
 
 

@@ -559,7 +559,7 @@ class FlatSas:
         or bfloat16 bits as they are (it widens them), other floats converted to float32
         into that site's scratch."""
         flat = values.reshape(-1)
-        if flat.dtype.name in simd.KINDS and flat.flags.c_contiguous:
+        if flat.dtype in simd.KINDS and flat.flags.c_contiguous:
             return flat
         while len(self._site_scratch) <= k:
             self._site_scratch.append(np.empty(self._scratch[np.dtype(np.float32)].size, np.float32))

@@ -24,7 +24,7 @@ import numpy as np
 
 LANES = 16
 # What a site's values are, by their array dtype: uint16 holds bfloat16 bits, as on the wire.
-KINDS = {"float32": 0, "float16": 1, "uint16": 2}
+KINDS = {np.dtype(np.float32): 0, np.dtype(np.float16): 1, np.dtype(np.uint16): 2}
 _DOWNLOAD_DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16),
                     "bfloat16": np.dtype(np.uint16)}
 _AHEAD = 256  # floats: each site's streams are prefetched this far ahead (8 sites, ten 2.4 M-element
@@ -85,7 +85,7 @@ if AVAILABLE:
         a float32, exact) by ``kind``; the rest of the lanes 0."""
         slot = cgutils.alloca_once(builder, _V16)
         half, v16i16 = ir.HalfType(), ir.VectorType(_I16, LANES)
-        with builder.if_else(builder.icmp_signed("==", kind, ir.Constant(kind.type, KINDS["float32"]))) as (f32, other):
+        with builder.if_else(builder.icmp_signed("==", kind, ir.Constant(kind.type, KINDS[np.dtype(np.float32)]))) as (f32, other):
             with f32:
                 src = _at(builder, address, cur, _F32)
                 ahead(src, 0)
@@ -99,7 +99,7 @@ if AVAILABLE:
                 fp16 = builder.fpext(builder.bitcast(raw, ir.VectorType(half, LANES)), _V16)
                 wide = builder.zext(raw, ir.VectorType(_I32, LANES))
                 bf16 = builder.bitcast(builder.shl(wide, ir.Constant(ir.VectorType(_I32, LANES), 16)), _V16)
-                is_fp16 = builder.icmp_signed("==", kind, ir.Constant(kind.type, KINDS["float16"]))
+                is_fp16 = builder.icmp_signed("==", kind, ir.Constant(kind.type, KINDS[np.dtype(np.float16)]))
                 builder.store(builder.select(is_fp16, fp16, bf16), slot)
         return builder.load(slot)
 
@@ -117,7 +117,7 @@ if AVAILABLE:
             with builder.if_then(builder.icmp_unsigned("!=", hit, ir.Constant(_I16, 0)), likely=False):
                 builder.store(ir.Constant(_I64, 1), over_ptr)
 
-        with builder.if_else(builder.icmp_signed("==", kind, ir.Constant(kind.type, KINDS["float32"]))) as (f32, half):
+        with builder.if_else(builder.icmp_signed("==", kind, ir.Constant(kind.type, KINDS[np.dtype(np.float32)]))) as (f32, half):
             with f32:
                 dst = _at(builder, address, cur, _F32)
                 ahead(dst, 1)
@@ -136,7 +136,7 @@ if AVAILABLE:
                 lsb = builder.and_(builder.lshr(bits, splat32(16)), splat32(1))
                 bf16 = builder.trunc(builder.lshr(builder.add(bits, builder.add(lsb, splat32(0x7FFF))), splat32(16)),
                                      v16i16)
-                is_fp16 = builder.icmp_signed("==", kind, ir.Constant(kind.type, KINDS["float16"]))
+                is_fp16 = builder.icmp_signed("==", kind, ir.Constant(kind.type, KINDS[np.dtype(np.float16)]))
                 fp16_over = builder.fcmp_ordered(">", builder.call(fabs, [packed]),
                                                  ir.Constant(_V16, [_FP16_MAX] * LANES))
                 exponent = ir.Constant(v16i16, [0x7F80] * LANES)
@@ -270,10 +270,10 @@ def fused_round(out: np.ndarray, previous: np.ndarray, bits: list[np.ndarray], v
                                  f"{None if d is None else d.size} download values for a tensor "
                                  f"of {out.size} elements whose mask keeps {kept}")
     try:
-        kinds = np.array([KINDS[v.dtype.name] for v in values], dtype=np.int64)
+        kinds = np.array([KINDS[v.dtype] for v in values], dtype=np.int64)
     except KeyError:
         raise ValueError(f"values: dtypes {sorted({v.dtype.name for v in values})}; the kernel reads "
-                         f"{sorted(KINDS)} (uint16 = bfloat16 bits)") from None
+                         f"{sorted(d.name for d in KINDS)} (uint16 = bfloat16 bits)") from None
     wire = _DOWNLOAD_DTYPES.get(download_dtype)
     if wire is None:
         raise ValueError(f"download_dtype: {download_dtype!r} is not one of {sorted(_DOWNLOAD_DTYPES)}")
@@ -282,6 +282,6 @@ def fused_round(out: np.ndarray, previous: np.ndarray, bits: list[np.ndarray], v
         raise ValueError(f"downloads: dtypes {wrong}; {download_dtype} downloads are {wire.name} arrays")
     addresses = np.array([[b.ctypes.data for b in bits], [v.ctypes.data for v in values],
                           [0 if d is None else d.ctypes.data for d in downloads]], dtype=np.int64)
-    over = _fused(out, previous, addresses[0], addresses[1], kinds, addresses[2], KINDS[wire.name], w0, w1, wk,
+    over = _fused(out, previous, addresses[0], addresses[1], kinds, addresses[2], KINDS[wire], w0, w1, wk,
                   np.float32(c0), np.float32(c1))
     return over.astype(bool)
